@@ -1,0 +1,15 @@
+"""scratchvit: the Vision Transformer of "An Image is Worth 16x16 Words" (Dosovitskiy et al., ICLR 2021)
+written from scratch on NumPy (CPU) and CuPy (GPU), every forward and backward pass by hand.
+
+    import scratchvit as sv
+    model = sv.ViT(sv.get_config("ViT-Ti_16", num_classes=10), seed=0)
+    loss, grads = model.loss_and_grads(images, labels)
+"""
+from .checkpoint import load_checkpoint, save_checkpoint
+from .configs import MODELS, ViTConfig, get_config
+from .model import ViT, count_params, init_params, param_shapes
+
+__version__ = "0.1.0"
+
+__all__ = ["MODELS", "ViT", "ViTConfig", "count_params", "get_config", "init_params", "load_checkpoint",
+           "param_shapes", "save_checkpoint"]

@@ -1,0 +1,323 @@
+"""Image transforms on uint8 HWC NumPy arrays: resize, Inception crop, flips, scaling to [-1, 1].
+
+Everything here works on ``uint8`` images of shape ``(H, W, 3)`` (one image) or
+``(B, H, W, 3)`` (a batch); sizes are in pixels. Resizing is Pillow's bilinear filter and is
+skipped (no copy, no Pillow round-trip) when the image already has the target size.
+Only :func:`to_float` and :func:`to_model_input` produce floats: ``float32`` in [-1, 1],
+``(x - 127.5) / 127.5``, as the official ``vit_jax`` input pipeline.
+
+Randomness always comes from a ``numpy.random.Generator`` passed in by the caller, so a
+result is fixed by the generator's state.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+AUGMENTS = ("inception", "flip", "crop-flip", "none")
+
+
+def _check_image(image, what="image"):
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"{what} must be a uint8 array of shape (H, W, 3), got {desc}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"{what} is empty: shape {image.shape}")
+
+
+def _check_batch(images, what="images"):
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        desc = f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ValueError(f"{what} must be a uint8 array of shape (B, H, W, 3), got {desc}")
+
+
+def _check_size(size, what="size"):
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"{what} must be a positive int (pixels), got {size!r}")
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize one image to ``size x size`` pixels with Pillow's bilinear filter.
+
+    Args:
+        image: uint8 array ``(H, W, 3)``.
+        size: output side, pixels.
+
+    Returns:
+        uint8 array ``(size, size, 3)``; ``image`` itself (no copy) when ``H == W == size``.
+
+    Raises:
+        ValueError: ``image`` is not a non-empty uint8 ``(H, W, 3)`` array, or ``size`` < 1.
+    """
+    _check_image(image)
+    _check_size(size)
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    return np.asarray(pil.resize((size, size), Image.BILINEAR))
+
+
+def resize_batch(images: np.ndarray, size: int, map_fn=map) -> np.ndarray:
+    """Resize every image of a batch to ``size x size`` pixels (bilinear, Pillow).
+
+    Args:
+        images: uint8 array ``(B, H, W, 3)``.
+        size: output side, pixels.
+        map_fn: a ``map``-like callable used for the per-image work, e.g. a thread pool's
+            ``map`` (Pillow releases the GIL); the result does not depend on it.
+
+    Returns:
+        uint8 array ``(B, size, size, 3)``; ``images`` itself when ``H == W == size``.
+
+    Raises:
+        ValueError: ``images`` is not a uint8 ``(B, H, W, 3)`` array, or ``size`` < 1.
+    """
+    _check_batch(images)
+    _check_size(size)
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, im in enumerate(map_fn(lambda im: resize(im, size), images)):
+        out[i] = im
+    return out
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """Scale uint8 pixels to float32 in [-1, 1]: ``(x - 127.5) / 127.5``.
+
+    0 maps to exactly -1.0 and 255 to exactly 1.0.
+
+    Args:
+        images: uint8 array of any shape.
+
+    Returns:
+        float32 array of the same shape.
+
+    Raises:
+        ValueError: ``images`` is not a uint8 array.
+    """
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise ValueError(f"to_float expects a uint8 array, got {getattr(images, 'dtype', type(images).__name__)}")
+    out = np.subtract(images, np.float32(127.5), dtype=np.float32)
+    out /= np.float32(127.5)
+    return out
+
+
+def to_model_input(images: np.ndarray, image_size: int, map_fn=map) -> np.ndarray:
+    """The evaluation transform: plain bilinear resize to ``image_size``, then scale to [-1, 1].
+
+    Args:
+        images: uint8 array ``(B, H, W, 3)``.
+        image_size: side of the model's square input, pixels.
+        map_fn: ``map``-like callable for the per-image resizes (see :func:`resize_batch`).
+
+    Returns:
+        float32 array ``(B, image_size, image_size, 3)`` in [-1, 1].
+
+    Raises:
+        ValueError: ``images`` is not a uint8 ``(B, H, W, 3)`` array, or ``image_size`` < 1.
+    """
+    return to_float(resize_batch(images, image_size, map_fn))
+
+
+def sample_inception_box(height: int, width: int, rng: np.random.Generator,
+                         area_range=(0.05, 1.0), aspect_range=(3 / 4, 4 / 3),
+                         max_attempts: int = 100) -> tuple[int, int, int, int]:
+    """Sample an Inception-style crop box, as ``tf.image.sample_distorted_bounding_box``.
+
+    Follows TensorFlow's ``GenerateRandomCrop`` (used by the official ``vit_jax`` input
+    pipeline with ``area_range=(0.05, 1.0)``, ``min_object_covered=0``): per attempt an
+    aspect ratio w/h is drawn uniformly from ``aspect_range``, then a crop height uniformly
+    among the integer heights whose area lies in ``area_range`` (fractions of H*W), then a
+    uniform position. After ``max_attempts`` failed attempts the whole image is used.
+    TensorFlow's default ``max_attempts`` is 100; failures are rare, so it seldom matters.
+
+    Args:
+        height, width: image size, pixels (>= 1).
+        rng: the source of randomness.
+        area_range: (min, max) crop area as fractions of the image area, 0 < min <= max <= 1.
+        aspect_range: (min, max) crop aspect ratio width/height, 0 < min <= max.
+        max_attempts: attempts before falling back to the whole image (>= 1).
+
+    Returns:
+        ``(top, left, crop_height, crop_width)`` in pixels, inside the image.
+
+    Raises:
+        ValueError: a size < 1 or a range outside the limits above.
+    """
+    _check_size(height, "height")
+    _check_size(width, "width")
+    lo_area, hi_area = (float(a) for a in area_range)
+    lo_ar, hi_ar = (float(a) for a in aspect_range)
+    if not 0.0 < lo_area <= hi_area <= 1.0:
+        raise ValueError(f"area_range must satisfy 0 < min <= max <= 1, got {tuple(area_range)}")
+    if not 0.0 < lo_ar <= hi_ar:
+        raise ValueError(f"aspect_range must satisfy 0 < min <= max, got {tuple(aspect_range)}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    min_area = lo_area * width * height
+    max_area = hi_area * width * height
+    for _ in range(max_attempts):
+        ar = lo_ar + rng.random() * (hi_ar - lo_ar)
+        h = round(math.sqrt(min_area / ar))  # round() is half-to-even, like lrintf
+        max_h = round(math.sqrt(max_area / ar))
+        if round(max_h * ar) > width:  # the largest height whose rounded width still fits
+            max_h = int((width + 0.5 - 1e-7) / ar)
+            if round(max_h * ar) > width:
+                max_h -= 1
+        max_h = min(max_h, height)
+        h = min(h, max_h)
+        if h < max_h:
+            h += int(rng.integers(max_h - h + 1))
+        w = round(h * ar)
+        if w * h < min_area:  # nudge past rounding errors, as TensorFlow does
+            h += 1
+            w = round(h * ar)
+        if w * h > max_area:
+            h -= 1
+            w = round(h * ar)
+        if not (min_area <= w * h <= max_area and 0 < w <= width and 0 < h <= height):
+            continue
+        # TensorFlow draws offsets with Uniform(n), i.e. in [0, n): the last offset is never used.
+        top = int(rng.integers(height - h)) if h < height else 0
+        left = int(rng.integers(width - w)) if w < width else 0
+        return top, left, h, w
+    return 0, 0, height, width
+
+
+def inception_crop(image: np.ndarray, size: int, rng: np.random.Generator,
+                   area_range=(0.05, 1.0), aspect_range=(3 / 4, 4 / 3),
+                   max_attempts: int = 100) -> np.ndarray:
+    """Inception-style random resized crop: a box from :func:`sample_inception_box`, resized.
+
+    Args:
+        image: uint8 array ``(H, W, 3)``.
+        size: output side, pixels.
+        rng: the source of randomness (the result is fixed by its state).
+        area_range, aspect_range, max_attempts: see :func:`sample_inception_box`.
+
+    Returns:
+        uint8 array ``(size, size, 3)``.
+
+    Raises:
+        ValueError: bad ``image``, ``size`` or ranges.
+    """
+    _check_image(image)
+    top, left, h, w = sample_inception_box(image.shape[0], image.shape[1], rng, area_range,
+                                           aspect_range, max_attempts)
+    return resize(image[top:top + h, left:left + w], size)
+
+
+def random_flip(image: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """Flip one image left-right with probability ``p``.
+
+    Args:
+        image: uint8 array ``(H, W, 3)``.
+        rng: the source of randomness (one ``rng.random()`` draw).
+        p: flip probability in [0, 1].
+
+    Returns:
+        uint8 array ``(H, W, 3)``: a flipped view of ``image``, or ``image`` itself.
+
+    Raises:
+        ValueError: bad ``image`` or ``p`` outside [0, 1].
+    """
+    _check_image(image)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    return image[:, ::-1] if rng.random() < p else image
+
+
+def pad_crop_batch(images: np.ndarray, pad: int, offsets: np.ndarray) -> np.ndarray:
+    """Zero-pad each image by ``pad`` pixels on every side, then crop back to the input size.
+
+    Args:
+        images: uint8 array ``(B, H, W, 3)``.
+        pad: padding, pixels (>= 0).
+        offsets: int array ``(B, 2)`` of (top, left) crop offsets in the padded image, each
+            in ``[0, 2 * pad]``; ``(pad, pad)`` gives the image back unchanged.
+
+    Returns:
+        uint8 array ``(B, H, W, 3)``.
+
+    Raises:
+        ValueError: bad ``images``, negative ``pad``, or offsets of the wrong shape or range.
+    """
+    _check_batch(images)
+    offsets = np.asarray(offsets)
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0 pixels, got {pad}")
+    if offsets.shape != (len(images), 2) or offsets.min(initial=0) < 0 or offsets.max(initial=0) > 2 * pad:
+        raise ValueError(f"offsets must be a ({len(images)}, 2) int array in [0, {2 * pad}], "
+                         f"got shape {offsets.shape}")
+    if pad == 0:
+        return images
+    b, h, w, c = images.shape
+    padded = np.zeros((b, h + 2 * pad, w + 2 * pad, c), np.uint8)
+    padded[:, pad:pad + h, pad:pad + w] = images
+    out = np.empty_like(images)
+    for i, (top, left) in enumerate(offsets):
+        out[i] = padded[i, top:top + h, left:left + w]
+    return out
+
+
+def augment_batch(images: np.ndarray, image_size: int, augment: str, rng: np.random.Generator,
+                  crop_min_area: float = 0.05, map_fn=map) -> np.ndarray:
+    """The training transform of one batch, all randomness drawn from ``rng``.
+
+    ``augment`` is one of :data:`AUGMENTS`:
+
+    - ``"inception"``: Inception crop (area ``crop_min_area``..100 %, aspect 3/4..4/3) resized
+      to ``image_size``, then a flip with p = 0.5 (the ViT paper's fine-tuning default).
+    - ``"flip"``: resize to ``image_size``, then a flip with p = 0.5.
+    - ``"crop-flip"``: resize, zero-pad by ``image_size // 8`` px, random crop back to
+      ``image_size``, flip with p = 0.5 (the usual small-image augmentation).
+    - ``"none"``: resize only.
+
+    The random draws happen in a fixed order in the calling thread (crop boxes of images
+    0..B-1, then flips), so the result does not depend on ``map_fn``, which only runs the
+    Pillow work.
+
+    Args:
+        images: uint8 array ``(B, H, W, 3)``.
+        image_size: output side, pixels.
+        augment: one of :data:`AUGMENTS`.
+        rng: the source of randomness.
+        crop_min_area: smallest Inception crop area, a fraction of the image area in (0, 1].
+        map_fn: ``map``-like callable for per-image resizes (a thread pool's ``map``).
+
+    Returns:
+        uint8 array ``(B, image_size, image_size, 3)`` (may be ``images`` itself for "none"
+        at the same size).
+
+    Raises:
+        ValueError: unknown ``augment``, bad ``images``, ``image_size`` or ``crop_min_area``.
+    """
+    _check_batch(images)
+    _check_size(image_size, "image_size")
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+    b, height, width, _ = images.shape
+    if augment == "none":
+        return resize_batch(images, image_size, map_fn)
+    if augment == "inception":
+        boxes = [sample_inception_box(height, width, rng, (crop_min_area, 1.0)) for _ in range(b)]
+        crops = map_fn(lambda i: resize(images[i, boxes[i][0]:boxes[i][0] + boxes[i][2],
+                                               boxes[i][1]:boxes[i][1] + boxes[i][3]], image_size),
+                       range(b))
+        out = np.empty((b, image_size, image_size, 3), np.uint8)
+        for i, crop in enumerate(crops):
+            out[i] = crop
+    else:
+        out = resize_batch(images, image_size, map_fn)
+        if augment == "crop-flip":
+            pad = image_size // 8
+            out = pad_crop_batch(out, pad, rng.integers(0, 2 * pad + 1, size=(b, 2)))
+    flips = rng.random(b) < 0.5
+    if flips.any():
+        if out is images:
+            out = out.copy()
+        out[flips] = out[flips, :, ::-1]
+    return out

@@ -1,0 +1,28 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+REFERENCE = TESTS / "reference"
+
+
+def load_reference(name):
+    """A reference case computed by the official vit_jax model in float64 (see reference/README.md)."""
+    d = np.load(REFERENCE / f"shared_{name}.npz")
+    params = {k[len("params/"):]: d[k] for k in d.files if k.startswith("params/")}
+    grads = {k[len("grads/"):]: d[k] for k in d.files if k.startswith("grads/")}
+    return params, grads, d
+
+
+@pytest.fixture(params=["token", "prelogits"])
+def reference_case(request):
+    return load_reference(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

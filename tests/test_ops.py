@@ -1,0 +1,198 @@
+"""Gradient checks of every hand-written op, float64, central finite differences: rel. error <= 1e-6."""
+import numpy as np
+import pytest
+from gradcheck import numerical_grad, relative_error
+
+from scratchvit import ops
+
+TOL = 1e-6
+
+
+def check(forward, inputs, backward_grads, rng):
+    """forward(**inputs) -> output array; loss = sum(output * R). backward_grads(R) -> dict name -> grad."""
+    R = rng.standard_normal(forward(**inputs).shape)
+
+    def loss():
+        return float((forward(**inputs) * R).sum())
+
+    analytic = backward_grads(R)
+    for name, x in inputs.items():
+        if name not in analytic:
+            continue
+        _, num = numerical_grad(loss, x)
+        err = relative_error(analytic[name].reshape(-1), num)
+        assert err <= TOL, f"{name}: relative error {err:.2e}"
+        assert np.abs(num).max() > 1e-3, f"{name}: gradient is trivially small, check is vacuous"
+
+
+def test_dense(rng):
+    inp = {"x": rng.standard_normal((2, 3, 5)), "kernel": rng.standard_normal((5, 4)), "bias": rng.standard_normal(4)}
+
+    def grads(R):
+        _, cache = ops.dense_forward(**inp)
+        dx, dw, db = ops.dense_backward(R, cache)
+        return {"x": dx, "kernel": dw, "bias": db}
+
+    check(lambda **a: ops.dense_forward(**a)[0], inp, grads, rng)
+
+
+def test_patch_embedding(rng):
+    inp = {"images": rng.standard_normal((2, 8, 12, 3)), "kernel": rng.standard_normal((4, 4, 3, 5)),
+           "bias": rng.standard_normal(5)}
+
+    def grads(R):
+        _, cache = ops.patch_embedding_forward(**inp)
+        dx, dk, db = ops.patch_embedding_backward(R, cache, need_dx=True)
+        return {"images": dx, "kernel": dk, "bias": db}
+
+    check(lambda **a: ops.patch_embedding_forward(**a)[0], inp, grads, rng)
+
+
+def test_patch_embedding_is_a_strided_convolution(rng):
+    """Token (i, j) = sum over the (i, j)-th P x P window of image * kernel, i.e. a stride-P conv."""
+    images, kernel, bias = rng.standard_normal((2, 8, 12, 3)), rng.standard_normal((4, 4, 3, 5)), rng.standard_normal(5)
+    tokens, _ = ops.patch_embedding_forward(images, kernel, bias)
+    assert tokens.shape == (2, 6, 5)
+    for i in range(2):
+        for j in range(3):
+            window = images[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4, :]
+            expected = np.einsum("bhwc,hwcd->bd", window, kernel) + bias
+            np.testing.assert_allclose(tokens[:, i * 3 + j], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm(rng):
+    inp = {"x": rng.standard_normal((2, 3, 6)) * 3 + 1, "scale": rng.standard_normal(6), "bias": rng.standard_normal(6)}
+
+    def grads(R):
+        _, cache = ops.layer_norm_forward(**inp)
+        dx, ds, db = ops.layer_norm_backward(R, cache)
+        return {"x": dx, "scale": ds, "bias": db}
+
+    check(lambda **a: ops.layer_norm_forward(**a)[0], inp, grads, rng)
+
+
+def test_layer_norm_statistics(rng):
+    x = rng.standard_normal((4, 7)) * 5 + 3
+    y, _ = ops.layer_norm_forward(x, np.ones(7), np.zeros(7))
+    np.testing.assert_allclose(y.mean(-1), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(-1), 1 / (1 + 1e-6 / x.var(-1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_attention(rng, heads):
+    D, hd = 8, 8 // heads
+    inp = {"x": rng.standard_normal((2, 5, D))}
+    p = {}
+    for n in ("query", "key", "value"):
+        p[f"{n}/kernel"] = rng.standard_normal((D, heads, hd)) * 0.5
+        p[f"{n}/bias"] = rng.standard_normal((heads, hd)) * 0.5
+    p["out/kernel"] = rng.standard_normal((heads, hd, D)) * 0.5
+    p["out/bias"] = rng.standard_normal(D)
+    inp.update({f"p:{k}": v for k, v in p.items()})
+
+    def fwd(**a):
+        return ops.attention_forward(a["x"], {k[2:]: v for k, v in a.items() if k.startswith("p:")})
+
+    def grads(R):
+        _, cache = fwd(**inp)
+        dx, g = ops.attention_backward(R, cache)
+        out = {"x": dx, **{f"p:{k}": v for k, v in g.items() if k != "key/bias"}}
+        # softmax is invariant to a shift shared by a row, so the key bias has exactly zero gradient.
+        assert np.abs(g["key/bias"]).max() < 1e-12
+        return out
+
+    check(lambda **a: fwd(**a)[0], inp, grads, rng)
+
+
+def test_attention_matches_naive_per_head_loop(rng):
+    B, N, D, H = 2, 4, 6, 3
+    x = rng.standard_normal((B, N, D))
+    p = {f"{n}/kernel": rng.standard_normal((D, H, D // H)) for n in ("query", "key", "value")}
+    p.update({f"{n}/bias": rng.standard_normal((H, D // H)) for n in ("query", "key", "value")})
+    p["out/kernel"], p["out/bias"] = rng.standard_normal((H, D // H, D)), rng.standard_normal(D)
+    y, _ = ops.attention_forward(x, p)
+    expected = np.zeros((B, N, D)) + p["out/bias"]
+    for h in range(H):
+        q, k, v = (x @ p[f"{n}/kernel"][:, h] + p[f"{n}/bias"][h] for n in ("query", "key", "value"))
+        s = q @ k.transpose(0, 2, 1) / np.sqrt(D // H)
+        a = np.exp(s - s.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        expected += (a @ v) @ p["out/kernel"][h]
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_softmax(rng):
+    inp = {"s": rng.standard_normal((2, 3, 5))}
+
+    def grads(R):
+        p = ops.softmax_forward(inp["s"].copy())
+        return {"s": ops.softmax_backward(R.copy(), p)}
+
+    check(lambda **a: ops.softmax_forward(a["s"].copy()), inp, grads, rng)
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "erf"])
+def test_gelu(rng, approximate):
+    inp = {"x": rng.standard_normal((3, 7)) * 2}
+
+    def grads(R):
+        _, cache = ops.gelu_forward(inp["x"], approximate)
+        return {"x": ops.gelu_backward(R, cache)}
+
+    check(lambda **a: ops.gelu_forward(a["x"], approximate)[0], inp, grads, rng)
+
+
+def test_gelu_values():
+    from math import erf, sqrt, tanh, pi
+    x = np.array([-3.0, -1.0, -0.1, 0.0, 0.5, 2.0])
+    exact = np.array([0.5 * v * (1 + erf(v / sqrt(2))) for v in x])
+    approx = np.array([0.5 * v * (1 + tanh(sqrt(2 / pi) * (v + 0.044715 * v ** 3))) for v in x])
+    np.testing.assert_allclose(ops.gelu_forward(x.copy(), "erf")[0], exact, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(ops.gelu_forward(x.copy(), "tanh")[0], approx, rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError, match="approximate"):
+        ops.gelu_forward(x, "relu")
+
+
+def test_tanh(rng):
+    inp = {"x": rng.standard_normal((3, 4))}
+
+    def grads(R):
+        _, cache = ops.tanh_forward(inp["x"])
+        return {"x": ops.tanh_backward(R, cache)}
+
+    check(lambda **a: ops.tanh_forward(a["x"])[0], inp, grads, rng)
+
+
+@pytest.mark.parametrize("classifier", ["token", "gap"])
+def test_pooling(rng, classifier):
+    inp = {"x": rng.standard_normal((2, 5, 3))}
+
+    def grads(R):
+        _, cache = ops.pool_forward(inp["x"], classifier)
+        return {"x": ops.pool_backward(R, cache)}
+
+    check(lambda **a: ops.pool_forward(a["x"], classifier)[0], inp, grads, rng)
+
+
+def test_cross_entropy(rng):
+    logits, labels = rng.standard_normal((4, 5)) * 3, np.array([0, 4, 2, 2])
+    loss, cache = ops.softmax_cross_entropy_forward(logits, labels)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert abs(float(loss) - (-np.log(p[np.arange(4), labels]).mean())) < 1e-14
+    d = ops.softmax_cross_entropy_backward(cache)
+    _, num = numerical_grad(lambda: float(ops.softmax_cross_entropy_forward(logits, labels)[0]), logits)
+    assert relative_error(d.reshape(-1), num) <= TOL
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0], [-5e4, 5e4, 0.0]])
+    loss, cache = ops.softmax_cross_entropy_forward(logits, np.array([1, 1]))
+    assert np.isfinite(float(loss)) and abs(float(loss) - 500.0) < 1e-9
+    assert np.isfinite(ops.softmax_cross_entropy_backward(cache)).all()
+
+
+@pytest.mark.parametrize("labels,msg", [(np.array([0, 5]), r"\[0, 5\)"), (np.array([-1, 0]), r"\[0, 5\)"),
+                                        (np.array([0, 1, 2]), "shape"), (np.array([0.0, 1.0]), "integers")])
+def test_cross_entropy_rejects_bad_labels(labels, msg):
+    with pytest.raises(ValueError, match=msg):
+        ops.softmax_cross_entropy_forward(np.zeros((2, 5)), labels)

@@ -1,0 +1,131 @@
+"""The PyTorch reference ViT (bench/torch_reference.py) against the official vit_jax model.
+
+The reference cases in ``shared/reference/*.npz`` (beside the repository checkout) were
+computed with Google's vit_jax in float64. The PyTorch model built from the same
+parameters must reproduce logits, loss and every gradient tightly, so that the
+benchmarks compare scratchvit with a model known to compute the same function.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import torch_reference as tr  # noqa: E402
+
+CASES = ["shared_token", "shared_prelogits"]
+
+
+def _load(name):
+    path = REF / f"{name}.npz"
+    if not path.exists():
+        pytest.skip(f"reference case {path} not found (shared/reference/ lives beside the repository checkout)")
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    params = {k[len("params/"):]: v for k, v in data.items() if k.startswith("params/")}
+    grads = {k[len("grads/"):]: v for k, v in data.items() if k.startswith("grads/")}
+    meta = json.loads(str(data["meta"]))
+    return params, grads, data, meta
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_official_float64(case):
+    params, ref_grads, data, meta = _load(case)
+    model = tr.build_torch_vit(params, classifier=meta["classifier"], gelu="tanh", dtype=torch.float64)
+
+    g = model.geometry
+    assert g["image_size"] == meta["image"] and g["patch_size"] == meta["patch"]
+    assert g["hidden_size"] == meta["hidden"] and g["num_heads"] == meta["heads"]
+    assert g["num_layers"] == meta["layers"] and g["mlp_dim"] == meta["mlp"]
+    assert g["num_classes"] == meta["classes"] and g["representation_size"] == meta["representation_size"]
+
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data["images"])).numpy()
+    np.testing.assert_allclose(logits, data["logits"], rtol=0, atol=1e-10)
+
+    loss, grads = tr.loss_and_grads(model, data["images"], data["labels"])
+    assert abs(loss - float(data["loss"])) <= 1e-10
+
+    assert set(grads) == set(ref_grads)
+    # The key bias adds q.b_k to every score of a query row, which softmax ignores: its true
+    # gradient is exactly zero and the reference holds only rounding noise (~1e-17). A tensor's
+    # own max |grad| is a meaningless scale there, so the scale is floored at 1e-6 of the
+    # largest gradient of the case; every other tensor is measured against its own max.
+    floor = 1e-6 * max(np.abs(r).max() for r in ref_grads.values())
+    for name, ref in ref_grads.items():
+        got = grads[name]
+        assert got.shape == ref.shape, name
+        scale = max(np.abs(ref).max(), floor)
+        err = np.abs(got - ref).max() / scale
+        assert err <= 1e-9, f"{name}: max error {err:.3e} relative to max |grad| {scale:.3e}"
+        if name.endswith("key/bias"):
+            assert np.abs(got).max() <= 1e-14, name
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_params_round_trip(case):
+    params, _, _, meta = _load(case)
+    model = tr.build_torch_vit(params, dtype=torch.float64)
+    back = tr.torch_params_to_numpy(model)
+    assert set(back) == set(params)
+    for name, v in params.items():
+        assert back[name].shape == v.shape, name
+        np.testing.assert_array_equal(back[name], v, err_msg=name)
+
+
+def test_sdpa_and_linen_names_agree():
+    params, _, data, _ = _load("shared_token")
+    explicit = tr.build_torch_vit(params, dtype=torch.float64)
+    linen = {
+        k.replace("MultiHeadDotProductAttention_1", "MultiHeadDotProductAttention_0")
+        .replace("LayerNorm_2", "LayerNorm_1").replace("MlpBlock_3", "MlpBlock_0"): v
+        for k, v in params.items()
+    }
+    fused = tr.build_torch_vit(linen, dtype=torch.float64, sdpa=True)
+    x = torch.from_numpy(data["images"])
+    with torch.no_grad():
+        np.testing.assert_allclose(fused(x).numpy(), explicit(x).numpy(), rtol=0, atol=1e-12)
+
+
+def test_block_order_is_numeric():
+    """With 11+ blocks, encoderblock_10 must come after encoderblock_9 (not after _1)."""
+    params, _, data, _ = _load("shared_token")
+    rng = np.random.default_rng(0)
+    deep = {k: v for k, v in params.items() if "encoderblock_" not in k}
+    order = rng.permutation(12)
+    for i in range(12):
+        src = i % 2
+        for k, v in params.items():
+            if k.startswith(f"Transformer/encoderblock_{src}/"):
+                deep[k.replace(f"encoderblock_{src}/", f"encoderblock_{i}/")] = v * (1 + 0.1 * i)
+    # Insert keys in a scrambled order: construction must not depend on dict order.
+    deep = dict(sorted(deep.items(), key=lambda kv: (order[int(kv[0].split("encoderblock_")[1].split("/")[0])]
+                                                     if "encoderblock_" in kv[0] else -1, kv[0])))
+    model = tr.build_torch_vit(deep, dtype=torch.float64)
+    assert model.geometry["num_layers"] == 12
+    w10 = model.blocks[10].mlp.fc1.weight.detach().numpy()
+    np.testing.assert_array_equal(w10, deep["Transformer/encoderblock_10/MlpBlock_3/Dense_0/kernel"].T)
+
+
+def test_gap_and_erf_shapes():
+    params, _, data, _ = _load("shared_token")
+    gap = {k: v for k, v in params.items() if k != "cls"}
+    gap["Transformer/posembed_input/pos_embedding"] = params["Transformer/posembed_input/pos_embedding"][:, 1:]
+    model = tr.build_torch_vit(gap, classifier="gap", gelu="erf", dtype=torch.float64)
+    assert model.classifier == "gap" and model.geometry["image_size"] == 32
+    loss, grads = tr.loss_and_grads(model, data["images"], data["labels"])
+    assert np.isfinite(loss) and set(grads) == set(gap)
+    with pytest.raises(ValueError, match="cls"):
+        tr.build_torch_vit(gap, classifier="token")
+    with pytest.raises(ValueError, match="classifier"):
+        tr.build_torch_vit(params, classifier="mean")
