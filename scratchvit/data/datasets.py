@@ -459,7 +459,8 @@ def load_dataset(name: str, data_dir=None, download: bool = True, image_size: in
         if not data_dir.is_dir():
             raise ValueError(f"data_dir {data_dir} is a file, not a folder; pass the folder that holds it")
     if name == "imagefolder":
-        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        bad_size = isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+        if image_size is not None and bad_size:
             raise ValueError(f"image_size must be a positive int (pixels), got {image_size!r}")
         return _load_imagefolder(data_dir, image_size)
     if image_size is not None:

@@ -19,18 +19,20 @@ from PIL import Image
 AUGMENTS = ("inception", "flip", "crop-flip", "none")
 
 
+def _describe(a) -> str:
+    return f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+
+
 def _check_image(image, what="image"):
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"{what} must be a uint8 array of shape (H, W, 3), got {desc}")
+        raise ValueError(f"{what} must be a uint8 array of shape (H, W, 3), got {_describe(image)}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"{what} is empty: shape {image.shape}")
 
 
 def _check_batch(images, what="images"):
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        desc = f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise ValueError(f"{what} must be a uint8 array of shape (B, H, W, 3), got {desc}")
+        raise ValueError(f"{what} must be a uint8 array of shape (B, H, W, 3), got {_describe(images)}")
 
 
 def _check_size(size, what="size"):
@@ -304,11 +306,13 @@ def augment_batch(images: np.ndarray, image_size: int, augment: str, rng: np.ran
         return resize_batch(images, image_size, map_fn)
     if augment == "inception":
         boxes = [sample_inception_box(height, width, rng, (crop_min_area, 1.0)) for _ in range(b)]
-        crops = map_fn(lambda i: resize(images[i, boxes[i][0]:boxes[i][0] + boxes[i][2],
-                                               boxes[i][1]:boxes[i][1] + boxes[i][3]], image_size),
-                       range(b))
+
+        def crop_resize(i):
+            top, left, h, w = boxes[i]
+            return resize(images[i, top:top + h, left:left + w], image_size)
+
         out = np.empty((b, image_size, image_size, 3), np.uint8)
-        for i, crop in enumerate(crops):
+        for i, crop in enumerate(map_fn(crop_resize, range(b))):
             out[i] = crop
     else:
         out = resize_batch(images, image_size, map_fn)

@@ -1,0 +1,234 @@
+"""Deterministic batches prepared ahead of time by a background thread.
+
+Training batches are a pure function of ``(seed, step)``: epoch ``e``'s order is
+``np.random.default_rng([seed, e]).permutation(N)``, step ``s`` takes batch ``s % steps_per_epoch``
+of epoch ``e = s // steps_per_epoch``, and its augmentation draws come from
+``np.random.default_rng([seed, e, s])`` in a fixed order in one thread. A run stopped and
+resumed with ``start_step=s`` therefore sees bit-identical batches, whatever ``workers`` is.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .transforms import AUGMENTS, augment_batch, resize_batch, to_float
+
+_END = object()  # end of an evaluation pass
+
+
+class _Failure:
+    """An exception raised in the producer thread, carried to the consumer."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _chunked_map(pool: ThreadPoolExecutor, chunks: int):
+    """A ``map``-like function that runs ``fn`` over ``chunks`` contiguous chunks on ``pool``.
+
+    One task per chunk rather than per item keeps the thread overhead small for small images;
+    results come back in input order.
+    """
+    def map_fn(fn, items):
+        items = list(items)
+        size = max(1, -(-len(items) // chunks))
+        parts = pool.map(lambda part: [fn(item) for item in part],
+                         [items[i:i + size] for i in range(0, len(items), size)])
+        return [result for part in parts for result in part]
+
+    return map_fn
+
+
+class Batches:
+    """Batches of model inputs, prepared ahead by a background thread.
+
+    Iterating yields ``(step, x, y)`` with ``x`` float32 ``(B, image_size, image_size, 3)`` in
+    [-1, 1] and ``y`` int64 ``(B,)``.
+
+    - ``train=True``: an endless stream of steps ``start_step, start_step + 1, ...`` in the
+      deterministic shuffled order described in the module docstring, full batches only
+      (the last ``N % batch_size`` images of each epoch's order are dropped), augmented with
+      ``augment``.
+    - ``train=False``: one pass over the images in order, steps from 0, the last partial batch
+      kept, plain resize (``augment`` is ignored).
+
+    Each ``for`` loop starts a fresh producer thread at the first step; leaving the loop
+    (``break``, exception, end of pass) or :meth:`close` stops it. Per-image Pillow work
+    (resizes, Inception crops) runs on ``workers`` threads. When no resize and no Pillow
+    work is needed, batches are built with fancy indexing and one vectorised conversion.
+    Usable as a context manager (``with Batches(...) as b:``), which closes on exit.
+
+    Args:
+        images: uint8 ``(N, H, W, 3)``.
+        labels: integer ``(N,)``.
+        batch_size: images per batch (>= 1; <= N for training).
+        image_size: side of the model's square input, pixels.
+        train: endless augmented stream (True) or one ordered evaluation pass (False).
+        augment: training augmentation, one of ``AUGMENTS``: "inception", "flip",
+            "crop-flip", "none" (see ``transforms.augment_batch``).
+        seed: fixes the order and augmentation of training batches.
+        start_step: first training step (to resume a run); must be 0 for evaluation.
+        prefetch: batches prepared ahead (queue size, >= 1).
+        workers: threads for per-image work (>= 1; 1 runs it in the producer thread).
+        crop_min_area: smallest Inception crop area, fraction of the image, in (0, 1].
+
+    Raises:
+        ValueError: for any argument outside the limits above.
+
+    Attributes:
+        steps_per_epoch: ``N // batch_size`` for training, ``ceil(N / batch_size)`` for evaluation.
+    """
+
+    def __init__(self, images, labels, batch_size: int, image_size: int, train: bool = True,
+                 augment: str = "inception", seed: int = 0, start_step: int = 0, prefetch: int = 2,
+                 workers: int = 2, crop_min_area: float = 0.05):
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            desc = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+            raise ValueError(f"images must be a uint8 array (N, H, W, 3), got {desc}")
+        labels = np.asarray(labels)
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be integers of shape ({len(images)},), got {labels.dtype} {labels.shape}")
+        for arg, value, low in (("batch_size", batch_size, 1), ("image_size", image_size, 1),
+                                ("prefetch", prefetch, 1), ("workers", workers, 1), ("start_step", start_step, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        if not 0.0 < crop_min_area <= 1.0:
+            raise ValueError(f"crop_min_area must be in (0, 1], got {crop_min_area}")
+        if len(images) == 0:
+            raise ValueError("images is empty")
+        if train and batch_size > len(images):
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(images)} training images "
+                             f"(training drops partial batches, so there would be no step)")
+        if not train and start_step != 0:
+            raise ValueError(f"start_step must be 0 for evaluation, got {start_step}")
+        self.images, self.labels = images, labels.astype(np.int64, copy=False)
+        self.batch_size, self.image_size, self.train = int(batch_size), int(image_size), bool(train)
+        self.augment, self.seed, self.start_step = augment, int(seed), int(start_step)
+        self.prefetch, self.workers, self.crop_min_area = int(prefetch), int(workers), float(crop_min_area)
+        n = len(images)
+        self.steps_per_epoch = n // self.batch_size if self.train else -(-n // self.batch_size)
+        self._epoch_cache = (None, None)  # (epoch, permutation)
+        self._pool = None
+        self._stop = None
+        self._thread = None
+
+    # ---------------------------------------------------------------------------- batch content
+
+    def indices(self, step: int) -> np.ndarray:
+        """The image indices of ``step``'s batch: int64 ``(B,)`` (shorter for a last eval batch)."""
+        if not self.train:
+            return np.arange(step * self.batch_size, min((step + 1) * self.batch_size, len(self.images)))
+        epoch, b = divmod(step, self.steps_per_epoch)
+        if self._epoch_cache[0] != epoch:
+            self._epoch_cache = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.images)))
+        return self._epoch_cache[1][b * self.batch_size:(b + 1) * self.batch_size]
+
+    def make_batch(self, step: int, map_fn=map) -> tuple[np.ndarray, np.ndarray]:
+        """Build ``step``'s batch in the calling thread (what the producer thread runs).
+
+        Args:
+            step: training step, or evaluation batch number.
+            map_fn: ``map``-like callable for per-image work; does not change the result.
+
+        Returns:
+            ``(x, y)``: float32 ``(B, image_size, image_size, 3)`` in [-1, 1], int64 ``(B,)``.
+        """
+        idx = self.indices(step)
+        images = self.images[idx] if self.train else self.images[idx[0]:idx[-1] + 1]
+        if self.train and self.augment != "none":
+            epoch = step // self.steps_per_epoch
+            rng = np.random.default_rng([self.seed, epoch, step])
+            images = augment_batch(images, self.image_size, self.augment, rng, self.crop_min_area, map_fn)
+        else:  # fast path when the size matches: no copy, one vectorised conversion
+            images = resize_batch(images, self.image_size, map_fn)
+        return to_float(images), self.labels[idx]
+
+    # ---------------------------------------------------------------------------- threading
+
+    def _steps(self):
+        if self.train:
+            step = self.start_step
+            while True:
+                yield step
+                step += 1
+        else:
+            yield from range(self.steps_per_epoch)
+
+    def _produce(self, stop: threading.Event, q: queue.Queue, map_fn):
+        def put(item):
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for step in self._steps():
+                if stop.is_set():
+                    return
+                x, y = self.make_batch(step, map_fn)
+                if not put((step, x, y)):
+                    return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer, which re-raises)
+            put(_Failure(e))
+
+    def __iter__(self):
+        self.close()
+        stop = threading.Event()
+        q = queue.Queue(maxsize=self.prefetch)
+        map_fn = map
+        if self.workers > 1:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="scratchvit-batch-worker")
+            map_fn = _chunked_map(self._pool, self.workers)
+        self._stop = stop
+        self._thread = threading.Thread(target=self._produce, args=(stop, q, map_fn),
+                                        name="scratchvit-batches", daemon=True)
+        self._thread.start()
+        return self._consume(stop, q)
+
+    def _consume(self, stop: threading.Event, q: queue.Queue):
+        try:
+            while not stop.is_set():
+                try:
+                    item = q.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield item
+        finally:
+            if self._stop is stop:
+                self.close()
+            else:
+                stop.set()
+
+    def close(self, timeout: float = 5.0):
+        """Stop the background thread (promptly, even with a full queue) and the worker pool.
+
+        Waits at most ``timeout`` seconds for a batch being built to finish. Safe to call
+        more than once; iterating again afterwards starts a fresh thread.
+        """
+        if self._stop is not None:
+            self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._stop = self._thread = self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
