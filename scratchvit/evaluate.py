@@ -1,0 +1,129 @@
+"""Evaluate a checkpoint: accuracy, per-class accuracy and the confusion matrix.
+
+    python -m scratchvit.evaluate --checkpoint runs/fmnist/best.npz --dataset fashion-mnist
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from .backend import to_numpy
+
+
+def evaluate(model, images, labels, batch_size: int = 256, progress: bool = False, workers: int = 2):
+    """Mean cross-entropy, accuracy and predictions of ``model`` on a labelled set.
+
+    Args:
+        model: a :class:`scratchvit.ViT`.
+        images: (M, H, W, 3) uint8; resized to the model's image size (bilinear) when H differs.
+        labels: (M,) int64 in [0, num_classes).
+        batch_size: images per forward pass.
+        workers: threads resizing images in the background.
+
+    Returns:
+        dict with "loss" (float), "accuracy" (float in [0, 1]), "predictions" ((M,) int64), "seconds".
+    """
+    from . import ops  # noqa: PLC0415
+    from .data import Batches  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    preds = np.empty(len(labels), np.int64)
+    total_loss = 0.0
+    with Batches(images, labels, batch_size, model.config.image_size, train=False,
+                 workers=workers) as batches:
+        it = batches
+        if progress:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            it = tqdm(batches, total=batches.steps_per_epoch, desc="eval", leave=False)
+        start = 0
+        for _, x, y in it:
+            logits = model.forward(x)
+            loss, _ = ops.softmax_cross_entropy_forward(logits, model.xp.asarray(y))
+            total_loss += float(loss) * len(y)
+            preds[start:start + len(y)] = to_numpy(logits.argmax(axis=1))
+            start += len(y)
+    return {
+        "loss": total_loss / max(len(labels), 1),
+        "accuracy": float((preds == labels).mean()) if len(labels) else float("nan"),
+        "predictions": preds,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (labels, predictions), 1)
+    return cm
+
+
+def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
+    """(K,) accuracy of each true class (NaN for a class with no examples)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.diag(cm) / cm.sum(axis=1)
+
+
+def format_report(dataset_name, class_names, result, cm) -> str:
+    """The report printed by the CLI: overall accuracy, per-class accuracy, confusion matrix."""
+    pca = per_class_accuracy(cm)
+    width = max(len(n) for n in class_names)
+    lines = [f"{dataset_name}: accuracy {100 * result['accuracy']:.2f}% on {cm.sum()} images, "
+             f"loss {result['loss']:.4f}", "", "per-class accuracy:"]
+    lines += [f"  {n:<{width}}  {100 * a:6.2f}%  ({cm[i].sum()} images)" for i, (n, a) in enumerate(zip(class_names, pca))]
+    lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
+    cell = max(5, len(str(cm.max())) + 1)
+    lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(class_names))))
+    lines += [f"  {n:<{width}}" + "".join(f"{v:>{cell}}" for v in row) for n, row in zip(class_names, cm)]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from . import ViT  # noqa: PLC0415
+    from .data import DATASETS, load_dataset  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(prog="python -m scratchvit.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="an .npz in the official layout (e.g. a run's best.npz)")
+    ap.add_argument("--dataset", required=True, choices=DATASETS, help="dataset to evaluate on")
+    ap.add_argument("--data-dir", default=None, help="where the dataset files are (default: system copy / data/)")
+    ap.add_argument("--split", default="test", choices=("test", "train"), help="which split (default: test)")
+    ap.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--gelu", default="tanh", choices=("tanh", "erf"),
+                    help="GELU form the weights were trained with (tanh: official JAX; erf: PyTorch/timm)")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+
+    try:
+        model = ViT.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+        if args.gelu != model.config.gelu:
+            model.config = model.config.replace(gelu=args.gelu)
+        ds = load_dataset(args.dataset, data_dir=args.data_dir)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if model.config.num_classes != ds.num_classes:
+        print(f"error: the checkpoint has {model.config.num_classes} classes but {args.dataset} has "
+              f"{ds.num_classes}", file=sys.stderr)
+        return 2
+    images, labels = (ds.test_images, ds.test_labels) if args.split == "test" else (ds.train_images, ds.train_labels)
+    result = evaluate(model, images, labels, args.batch_size, progress=True)
+    cm = confusion_matrix(labels, result["predictions"], ds.num_classes)
+    print(format_report(f"{args.dataset} {args.split}", ds.class_names, result, cm))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,
+                       "accuracy": result["accuracy"], "loss": result["loss"],
+                       "per_class_accuracy": dict(zip(ds.class_names, per_class_accuracy(cm).tolist())),
+                       "confusion_matrix": cm.tolist()}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The training CLI end to end on tiny models and fixture datasets (no network, seconds each)."""
+import gzip
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+
+import scratchvit as sv
+from scratchvit import evaluate, train
+from scratchvit.data import datasets as D
+
+TINY = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
+        "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "16", "--warmup-steps", "2", "--augment", "none",
+        "--eval-every", "4", "--eval-batch-size", "64", "--no-progress", "--workers", "1"]
+
+
+def idx(array):
+    header = (0x0800 | array.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def learnable_images(labels, rng):
+    """28x28 grey images whose class is written as a bright horizontal band: easy to learn."""
+    x = rng.integers(0, 60, (len(labels), 28, 28))
+    for i, c in enumerate(labels):
+        x[i, 2 * c + 4:2 * c + 7] = 250
+    return x
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path, monkeypatch):
+    """A small Fashion-MNIST in the official IDX .gz format; no system copy, no network."""
+    monkeypatch.setenv("SCRATCHVIT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setitem(D.SYSTEM_DIRS, "fashion-mnist", [])
+    monkeypatch.setattr(D, "_urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    rng = np.random.default_rng(0)
+    ytr, yte = rng.integers(0, 10, 400), rng.integers(0, 10, 100)
+    d = tmp_path / "fmnist"
+    d.mkdir()
+    for stem, a in zip(D._IDX_FILES, (learnable_images(ytr, rng), ytr, learnable_images(yte, rng), yte)):
+        (d / f"{stem}.gz").write_bytes(idx(a))
+    return d
+
+
+def run(fmnist_dir, out, *extra):
+    return train.main(["--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--out", str(out), *TINY,
+                       *extra])
+
+
+def metrics(out):
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_end_to_end(fmnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(fmnist_dir, out, "--optimizer", "adamw", "--lr", "0.01", "--steps", "24") == 0
+    for f in ("config.json", "metrics.jsonl", "last.npz", "best.npz", "state.npz"):
+        assert (out / f).exists(), f
+    m = metrics(out)
+    train_loss = [r["loss"] for r in m if r["split"] == "train"]
+    assert train_loss[-1] < 0.7 * train_loss[0], train_loss  # it learns
+    for r in m:
+        assert {"step", "epoch", "split", "loss", "lr", "images_per_sec"} <= set(r)
+    assert [r["split"] for r in m][-1] == "test" and "accuracy" in m[-1]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["settings"]["optimizer"] == "adamw" and cfg["total_steps"] == 24
+    model = sv.ViT.from_checkpoint(out / "best.npz")
+    assert model.config.num_classes == 10 and model.config.image_size == 16
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
+    args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "10", "--accum-steps", "2", "--augment", "crop-flip")
+    assert run(fmnist_dir, tmp_path / "straight", *args) == 0
+
+    real = train.accumulate_gradient
+    calls = {"n": 0}
+
+    def interrupt_at_step_7(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "accumulate_gradient", interrupt_at_step_7)
+    assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
+    monkeypatch.setattr(train, "accumulate_gradient", real)
+    with np.load(tmp_path / "stopped" / "state.npz") as st:
+        assert int(st["step"]) == 6
+    assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
+
+    with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:
+        assert set(a.files) == set(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    steps = [(r["step"], r["split"]) for r in metrics(tmp_path / "stopped")]
+    assert steps == [(r["step"], r["split"]) for r in metrics(tmp_path / "straight")]
+
+
+def test_fine_tune_from_checkpoint_new_size_and_classes(fmnist_dir, tmp_path):
+    base = sv.ViT(sv.get_config("ViT-Ti_16", image_size=8, patch_size=4, hidden_size=16, num_layers=1, num_heads=2,
+                                mlp_dim=32, num_classes=7, representation_size=8), seed=0)
+    sv.save_checkpoint(tmp_path / "pre.npz", base.params)
+    out = tmp_path / "ft"
+    assert train.main(["--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--out", str(out),
+                       "--checkpoint", str(tmp_path / "pre.npz"), "--image-size", "16", "--steps", "4",
+                       "--batch-size", "8", "--warmup-steps", "1", "--eval-every", "4", "--no-progress",
+                       "--augment", "inception"]) == 0
+    model = sv.ViT.from_checkpoint(out / "last.npz")
+    assert model.config.num_classes == 10 and model.config.image_size == 16
+    assert model.config.representation_size is None and model.config.patch_size == 4
+
+
+def test_nan_loss_stops_with_the_step(fmnist_dir, tmp_path, capsys):
+    code = run(fmnist_dir, tmp_path / "nan", "--optimizer", "sgd", "--lr", "1e30", "--grad-clip", "0",
+               "--steps", "20", "--schedule", "constant")
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "at step" in err and ("last good checkpoint" in err or "no checkpoint was written" in err)
+
+
+def test_lr_sweep_picks_the_best_rate(fmnist_dir, tmp_path):
+    out = tmp_path / "sweep"
+    assert run(fmnist_dir, out, "--optimizer", "adamw", "--lr-sweep", "0.00001,0.01", "--sweep-steps", "8",
+               "--steps", "8") == 0
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [r["lr"] for r in sweep["results"]] == [1e-5, 0.01]
+    assert sweep["best_lr"] == 0.01
+    assert json.loads((out / "config.json").read_text())["settings"]["lr"] == 0.01
+
+
+def test_evaluate_cli(fmnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(fmnist_dir, out, "--optimizer", "adamw", "--lr", "0.01", "--steps", "8") == 0
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", str(out / "best.npz"), "--dataset", "fashion-mnist",
+                          "--data-dir", str(fmnist_dir), "--json", str(tmp_path / "e.json")]) == 0
+    text = capsys.readouterr().out
+    assert "per-class accuracy" in text and "confusion matrix" in text and "Ankle boot" in text
+    e = json.loads((tmp_path / "e.json").read_text())
+    cm = np.array(e["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 100
+    assert e["accuracy"] == pytest.approx(np.trace(cm) / 100)
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+    cm = evaluate.confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    np.testing.assert_allclose(evaluate.per_class_accuracy(cm), [0.5, 1.0, 2 / 3])
+
+
+# ------------------------------------------------------------------ bad input gives a clear error
+@pytest.mark.parametrize("extra,msg", [
+    (["--model", "ViT-Q_16"], "unknown model 'ViT-Q_16'"),
+    (["--image-size", "20"], "not a multiple of patch_size"),
+    (["--batch-size", "10", "--accum-steps", "3"], "not divisible by --accum-steps"),
+    (["--config", "no-such-preset"], "no preset of that name"),
+])
+def test_bad_settings(fmnist_dir, tmp_path, capsys, extra, msg):
+    assert run(fmnist_dir, tmp_path / "bad", "--steps", "4", *extra) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_missing_dataset_names_file_and_address(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCRATCHVIT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(D, "_urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    assert train.main(["--dataset", "cifar10", "--out", str(tmp_path / "o"), "--steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-python.tar.gz" in err and "https://www.cs.toronto.edu/" in err
+
+
+def test_wrong_data_dir(tmp_path, capsys):
+    assert train.main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "nowhere"), "--steps", "2",
+                       "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_corrupt_archive(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCRATCHVIT_DATA", str(tmp_path / "cache"))
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")
+    assert train.main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--steps", "2",
+                       "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "cifar-10-python.tar.gz" in capsys.readouterr().err
+
+
+def test_gpu_without_cupy(tmp_path, capsys):
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed here; this checks the message on machines without it")
+    except ImportError:
+        pass
+    assert train.main(["--device", "gpu", "--out", str(tmp_path / "o")]) == 2
+    assert "needs CuPy" in capsys.readouterr().err
+
+
+def test_accumulate_gradient_equals_one_big_batch(rng):
+    model = sv.ViT(sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_heads=2,
+                                 num_layers=1, mlp_dim=32, num_classes=5), dtype="float64", seed=1)
+    for k in model.params:
+        model.params[k] += rng.standard_normal(model.params[k].shape) * 0.1
+    images, labels = rng.uniform(-1, 1, (8, 16, 16, 3)), rng.integers(0, 5, 8)
+    loss, big = model.loss_and_grads(images, labels)
+    loss4, acc = train.accumulate_gradient(model, images, labels, 4)
+    assert loss4 == pytest.approx(loss, rel=1e-12)
+    for k in big:
+        np.testing.assert_allclose(acc[k], big[k], rtol=1e-9, atol=1e-15)
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--device", "--dataset", "--data-dir", "--model", "--image-size", "--checkpoint", "--optimizer",
+                 "--lr-sweep", "--steps", "--epochs", "--warmup-steps", "--batch-size", "--accum-steps",
+                 "--grad-clip", "--weight-decay", "--eval-every", "--seed", "--dtype", "--out", "--resume",
+                 "--config"):
+        assert flag in text, flag
