@@ -15,24 +15,38 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_xp
+from ..backend import blockwise, get_xp
 
 NAMES = ("query", "key", "value", "out")
 
 
-def softmax_forward(s):
-    """Row softmax over the last axis, computed in place in ``s`` (max-subtracted, stable). Returns ``s``."""
+def _softmax_rows(s):
     xp = get_xp(s)
     s -= s.max(axis=-1, keepdims=True)
     xp.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
+
+
+def _softmax_backward_rows(dp, p):
+    xp = get_xp(dp)
+    dp -= xp.einsum("ij,ij->i", dp, p)[:, None]
+    dp *= p
+
+
+def softmax_forward(s):
+    """Row softmax over the last axis, in place in ``s`` (C-contiguous, any rank), max-subtracted
+    for stability. Returns ``s``."""
+    if not s.flags.c_contiguous:
+        raise ValueError("softmax_forward works in place and needs a C-contiguous array")
+    blockwise(_softmax_rows, s.reshape(-1, s.shape[-1]))
     return s
 
 
 def softmax_backward(dp, p):
-    """Gradient of the row softmax: ds = p * (dp - sum(dp * p)), computed in place in ``dp``."""
-    dp -= (dp * p).sum(axis=-1, keepdims=True)
-    dp *= p
+    """Gradient of the row softmax, ds = p * (dp - sum(dp * p)), in place in ``dp`` (C-contiguous)."""
+    if not dp.flags.c_contiguous:
+        raise ValueError("softmax_backward works in place and needs a C-contiguous array")
+    blockwise(_softmax_backward_rows, dp.reshape(-1, dp.shape[-1]), p.reshape(-1, p.shape[-1]))
     return dp
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_xp
+from ..backend import blockwise, get_xp
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -39,70 +39,87 @@ def erf(x):
     return scipy_erf(x).astype(x.dtype, copy=False)
 
 
+def _tanh_forward_rows(x, y):
+    xp = get_xp(x)
+    xp.multiply(x, x, out=y)
+    y *= GELU_TANH_COEF
+    y += 1.0
+    y *= x
+    y *= SQRT_2_OVER_PI
+    xp.tanh(y, out=y)  # t
+    y += 1.0
+    y *= x
+    y *= 0.5
+
+
+def _erf_forward_rows(x, y):
+    y[...] = erf(x * INV_SQRT_2)
+    y += 1.0
+    y *= x
+    y *= 0.5
+
+
+def _tanh_backward_rows(x, dy, dx):
+    xp = get_xp(x)
+    t = x * x
+    k = t * (3.0 * GELU_TANH_COEF)  # 3 a x^2
+    t *= GELU_TANH_COEF
+    t += 1.0
+    t *= x
+    t *= SQRT_2_OVER_PI
+    xp.tanh(t, out=t)  # t = tanh(c (x + a x^3))
+    k += 1.0
+    k *= SQRT_2_OVER_PI
+    k *= x  # x c (1 + 3 a x^2)
+    xp.multiply(t, t, out=dx)
+    xp.subtract(1.0, dx, out=dx)  # 1 - t^2
+    dx *= k
+    dx += t
+    dx += 1.0
+    dx *= 0.5
+    dx *= dy
+
+
+def _erf_backward_rows(x, dy, dx):
+    xp = get_xp(x)
+    pdf = x * x
+    pdf *= -0.5
+    xp.exp(pdf, out=pdf)
+    pdf *= INV_SQRT_2PI
+    pdf *= x  # x phi(x)
+    dx[...] = erf(x * INV_SQRT_2)
+    dx += 1.0
+    dx *= 0.5  # Phi(x)
+    dx += pdf
+    dx *= dy
+
+
+def _rows(a):
+    return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+
+
 def gelu_forward(x, approximate="tanh"):
-    """GELU of ``x`` (any shape, float32/float64).
+    """GELU of ``x`` (any shape, float32/float64), computed block by block (``backend.blockwise``).
 
     Args:
         approximate: "tanh" (official default) or "erf" (exact).
 
     Returns:
-        y (same shape) and the cache for :func:`gelu_backward`.
+        y (same shape) and the cache (x, approximate) for :func:`gelu_backward`.
 
     Raises:
         ValueError: unknown ``approximate``.
     """
-    if approximate == "tanh":
-        inner = x * x
-        inner *= GELU_TANH_COEF
-        inner += 1.0
-        inner *= x
-        inner *= SQRT_2_OVER_PI
-        t = get_xp(x).tanh(inner, out=inner)
-        t += 1.0
-        t *= x
-        t *= 0.5
-        return t, (x, approximate)
-    if approximate == "erf":
-        y = erf(x * INV_SQRT_2)
-        y += 1.0
-        y *= x
-        y *= 0.5
-        return y, (x, approximate)
-    raise ValueError(f"gelu: approximate must be 'tanh' or 'erf', got {approximate!r}")
+    if approximate not in ("tanh", "erf"):
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'erf', got {approximate!r}")
+    y = get_xp(x).empty_like(x)
+    blockwise(_tanh_forward_rows if approximate == "tanh" else _erf_forward_rows, _rows(x), _rows(y))
+    return y, (x, approximate)
 
 
 def gelu_backward(dy, cache):
     """dx = dy * gelu'(x) for the form used in the forward pass."""
     x, approximate = cache
-    xp = get_xp(x)
-    x2 = x * x
-    if approximate == "tanh":
-        t = x2 * GELU_TANH_COEF
-        t += 1.0
-        t *= x
-        t *= SQRT_2_OVER_PI
-        xp.tanh(t, out=t)
-        # d = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)
-        x2 *= 3.0 * GELU_TANH_COEF
-        x2 += 1.0
-        x2 *= SQRT_2_OVER_PI
-        x2 *= x
-        sech2 = t * t
-        xp.subtract(1.0, sech2, out=sech2)
-        x2 *= sech2
-        x2 += t
-        x2 += 1.0
-        x2 *= 0.5
-        x2 *= dy
-        return x2
-    # exact: Phi(x) + x phi(x)
-    x2 *= -0.5
-    xp.exp(x2, out=x2)
-    x2 *= INV_SQRT_2PI
-    x2 *= x
-    cdf = erf(x * INV_SQRT_2)
-    cdf += 1.0
-    cdf *= 0.5
-    x2 += cdf
-    x2 *= dy
-    return x2
+    dx = get_xp(x).empty_like(x)
+    blockwise(_tanh_backward_rows if approximate == "tanh" else _erf_backward_rows, _rows(x), _rows(dy), _rows(dx))
+    return dx

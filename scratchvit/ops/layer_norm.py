@@ -1,31 +1,65 @@
 """Layer normalisation over the last axis (Ba et al., 2016), as Flax ``nn.LayerNorm`` (epsilon 1e-6).
 
-    y = (x - mean) / sqrt(var + eps) * scale + bias
+    y = x_hat * scale + bias,   x_hat = (x - mean) * rstd,   rstd = 1 / sqrt(var + eps)
 
-The backward pass uses the standard closed form (x_hat the normalised input, g = dy * scale):
+The backward pass uses the standard closed form (g = dy * scale, means over the last axis):
 
     dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))
+    dscale = sum_rows(dy * x_hat),   dbias = sum_rows(dy)
+
+Both passes run row block by row block (``backend.blockwise``): each block's whole chain stays in
+the cache, and the blocks are spread over the CPU's cores.
 """
 from __future__ import annotations
 
+from ..backend import blockwise, get_xp
+
 EPS = 1e-6
+
+
+def _forward_rows(x, x_hat, y, rstd, scale, bias, eps):
+    xp = get_xp(x)
+    xp.subtract(x, x.mean(axis=-1, keepdims=True), out=x_hat)
+    var = xp.einsum("ij,ij->i", x_hat, x_hat)[:, None]
+    var *= 1.0 / x.shape[-1]
+    var += eps
+    xp.sqrt(var, out=var)
+    xp.divide(1.0, var, out=rstd)
+    x_hat *= rstd
+    xp.multiply(x_hat, scale, out=y)
+    y += bias
 
 
 def layer_norm_forward(x, scale, bias, eps=EPS):
     """Normalise each row of ``x`` (..., D) to zero mean and unit variance, then scale and shift.
 
+    Args:
+        x: (..., D) float32/float64. scale, bias: (D,).
+
     Returns:
-        y (..., D) and the cache (x_hat, rstd, scale) for :func:`layer_norm_backward`.
+        y (..., D) and the cache (x_hat (rows, D), rstd (rows, 1), scale, shape) for the backward.
     """
-    xp_mean = x.mean(axis=-1, keepdims=True)
-    xc = x - xp_mean
-    var = (xc * xc).mean(axis=-1, keepdims=True)
-    var += eps
-    rstd = var ** -0.5
-    xc *= rstd  # xc is now x_hat
-    y = xc * scale
-    y += bias
-    return y, (xc, rstd, scale)
+    xp = get_xp(x)
+    D = x.shape[-1]
+    x2d = x.reshape(-1, D)
+    x_hat, y = xp.empty_like(x2d), xp.empty_like(x2d)
+    rstd = xp.empty((x2d.shape[0], 1), dtype=x.dtype)
+    blockwise(lambda *b: _forward_rows(*b, scale, bias, eps), x2d, x_hat, y, rstd)
+    return y.reshape(x.shape), (x_hat, rstd, scale, x.shape)
+
+
+def _backward_rows(dy, x_hat, rstd, dx, scale):
+    xp = get_xp(dy)
+    dscale = xp.einsum("ij,ij->j", dy, x_hat)
+    dbias = dy.sum(axis=0)
+    xp.multiply(dy, scale, out=dx)  # g
+    inv_d = 1.0 / dy.shape[-1]
+    mean_gx = xp.einsum("ij,ij->i", dx, x_hat)[:, None]
+    mean_gx *= inv_d
+    dx -= dx.mean(axis=-1, keepdims=True)
+    dx -= x_hat * mean_gx
+    dx *= rstd
+    return dscale, dbias
 
 
 def layer_norm_backward(dy, cache):
@@ -34,16 +68,14 @@ def layer_norm_backward(dy, cache):
     Returns:
         (dx (..., D), dscale (D,), dbias (D,)).
     """
-    x_hat, rstd, scale = cache
-    D = x_hat.shape[-1]
-    dy2d = dy.reshape(-1, D)
-    xh2d = x_hat.reshape(-1, D)
-    dbias = dy2d.sum(axis=0)
-    dscale = (dy2d * xh2d).sum(axis=0)
-    g = dy * scale
-    mean_g = g.mean(axis=-1, keepdims=True)
-    mean_gx = (g * x_hat).mean(axis=-1, keepdims=True)
-    g -= mean_g
-    g -= x_hat * mean_gx
-    g *= rstd
-    return g, dscale, dbias
+    x_hat, rstd, scale, shape = cache
+    xp = get_xp(dy)
+    dy2d = dy.reshape(x_hat.shape)
+    dx = xp.empty_like(dy2d)
+    partial = blockwise(lambda *b: _backward_rows(*b, scale), dy2d, x_hat, rstd, dx)
+    dscale = partial[0][0].copy()
+    dbias = partial[0][1].copy()
+    for ds, db in partial[1:]:
+        dscale += ds
+        dbias += db
+    return dx.reshape(shape), dscale, dbias
