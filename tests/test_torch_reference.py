@@ -129,3 +129,34 @@ def test_gap_and_erf_shapes():
         tr.build_torch_vit(gap, classifier="token")
     with pytest.raises(ValueError, match="classifier"):
         tr.build_torch_vit(params, classifier="mean")
+
+
+# ------------------------------------------------------------------ the benchmark scripts (smoke, no timing asserts)
+TINY = ["--image-size", "16", "--patch-size", "4", "--hidden-size", "16", "--num-layers", "2", "--num-heads", "2",
+        "--mlp-dim", "32", "--num-classes", "3"]
+
+
+def test_train_step_script_smoke(tmp_path):
+    pytest.importorskip("scratchvit.optim")
+    import train_step
+
+    out = tmp_path / "r.json"
+    res = train_step.main(TINY + ["--batch-size", "4", "--steps", "2", "--warmup", "1", "--compare", "torch",
+                                  "--pause", "0", "--no-memory", "--json", str(out)])
+    assert out.exists() and set(res["frameworks"]) == {"scratchvit", "pytorch"}
+    agree = res["agreement"]
+    assert agree["logits_max_abs_diff"] <= 1e-4 * max(1.0, agree["logits_max_abs"])
+    assert agree["grads_max_rel_diff"] <= 1e-3
+    for fw in res["frameworks"].values():
+        assert fw["images_per_s"] > 0 and fw["step"]["n"] == 2 and set(fw["parts"]) >= {"forward", "backward"}
+
+
+def test_scaling_script_smoke(tmp_path):
+    pytest.importorskip("scratchvit.optim")
+    pytest.importorskip("matplotlib")
+    import scaling
+
+    res = scaling.main(TINY + ["--batch-sizes", "2", "4", "--image-sizes", "8", "16", "--batch-size", "2",
+                               "--steps", "1", "--warmup", "0", "--pause", "0", "--out-dir", str(tmp_path)])
+    assert len(res["sweeps"]["batch"]) == 2 and len(res["sweeps"]["image"]) == 2
+    assert (tmp_path / "scaling.png").exists() and list(tmp_path.glob("scaling_*.json"))
