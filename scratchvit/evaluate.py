@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import keep_freed_memory, to_numpy
 
 
 def evaluate(model, images, labels, batch_size: int = 256, progress: bool = False, workers: int = 2):
@@ -83,6 +83,7 @@ def format_report(dataset_name, class_names, result, cm) -> str:
 
 
 def main(argv=None) -> int:
+    keep_freed_memory()
     from . import ViT  # noqa: PLC0415
     from .data import DATASETS, load_dataset  # noqa: PLC0415
 

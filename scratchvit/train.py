@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import optim
+from .backend import keep_freed_memory
 from .checkpoint import read_npz, save_checkpoint, save_npz_atomic
 from .configs import MODELS, get_config
 
@@ -413,6 +414,7 @@ def lr_sweep(s: dict, log=print) -> float:
 
 
 def main(argv=None) -> int:
+    keep_freed_memory()
     try:
         s = resolve_settings(argv)
         if s["device"] == "gpu":

@@ -50,6 +50,25 @@ def softmax_backward(dp, p):
     return dp
 
 
+def _core_forward(q, k, v, a, ctx):
+    """Scores, softmax and weighted values for a block of images, while the block is in the cache."""
+    xp = get_xp(q)
+    xp.matmul(q, k.transpose(0, 1, 3, 2), out=a)  # (b, H, N, N) scores
+    _softmax_rows(a.reshape(-1, a.shape[-1]))
+    xp.matmul(a, v, out=ctx)
+
+
+def _core_backward(q, k, v, a, dctx, dq, dk, dv, scale):
+    """Gradients through softmax(q k^T) v for a block of images (q already scaled)."""
+    xp = get_xp(q)
+    xp.matmul(a.transpose(0, 1, 3, 2), dctx, out=dv)  # dv = A^T dctx
+    ds = dctx @ v.transpose(0, 1, 3, 2)  # dA = dctx v^T
+    _softmax_backward_rows(ds.reshape(-1, ds.shape[-1]), a.reshape(-1, a.shape[-1]))  # dS, in place
+    xp.matmul(ds, k, out=dq)
+    dq *= scale  # dq = dS k / sqrt(hd)
+    xp.matmul(ds.transpose(0, 1, 3, 2), q, out=dk)  # dk = dS^T (q / sqrt(hd))
+
+
 def attention_forward(x, p):
     """Multi-head self-attention on ``x`` (B, N, D).
 
@@ -74,10 +93,10 @@ def attention_forward(x, p):
     q = qkv[:, :, 0].transpose(0, 2, 1, 3) * scale  # (B, H, N, hd), scaled copy
     k = qkv[:, :, 1].transpose(0, 2, 1, 3)  # strided views: BLAS reads them in place
     v = qkv[:, :, 2].transpose(0, 2, 1, 3)
-    a = q @ k.transpose(0, 1, 3, 2)  # (B, H, N, N) scores
-    softmax_forward(a)
-    ctx = a @ v  # (B, H, N, hd)
-    ctx2d = ctx.transpose(0, 2, 1, 3).reshape(B * N, H * hd)
+    a = xp.empty((B, H, N, N), dtype=x.dtype)  # attention weights, kept for the backward
+    ctx = xp.empty((B, N, H, hd), dtype=x.dtype)  # heads side by side, ready for the out projection
+    blockwise(_core_forward, q, k, v, a, ctx.transpose(0, 2, 1, 3), parallel=False)
+    ctx2d = ctx.reshape(B * N, H * hd)
     w_out = p["out/kernel"].reshape(H * hd, D)
     y = ctx2d @ w_out
     y += p["out/bias"]
@@ -100,11 +119,8 @@ def attention_backward(dy, cache):
     }
     dctx = (dy2d @ w_out.T).reshape(B, N, H, hd).transpose(0, 2, 1, 3)  # (B, H, N, hd) view
     dqkv = xp.empty((B, N, 3, H, hd), dtype=dy.dtype)
-    dqkv[:, :, 2] = (a.transpose(0, 1, 3, 2) @ dctx).transpose(0, 2, 1, 3)  # dv = A^T dctx
-    da = dctx @ v.transpose(0, 1, 3, 2)  # dA = dctx v^T, (B, H, N, N)
-    ds = softmax_backward(da, a)
-    dqkv[:, :, 0] = (ds @ k).transpose(0, 2, 1, 3) * scale  # dq = dS k / sqrt(hd)
-    dqkv[:, :, 1] = (ds.transpose(0, 1, 3, 2) @ q).transpose(0, 2, 1, 3)  # dk = dS^T (q / sqrt(hd))
+    dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    blockwise(lambda *blk: _core_backward(*blk, scale), q, k, v, a, dctx, dq, dk, dv, parallel=False)
     dqkv2d = dqkv.reshape(B * N, 3 * D)
     dw = x2d.T @ dqkv2d  # (D, 3D)
     db = dqkv2d.sum(axis=0)
