@@ -8,8 +8,9 @@ Official parameters (Flax ``nn.MultiHeadDotProductAttention``, pre-Linen names):
     A = softmax(q k^T / sqrt(head_dim))                (row softmax over keys)
     y = concat_heads(A v) Wout + bout
 
-The three projections run as one (B*N, D) x (D, 3D) product; the per-head products are batched
-2-D BLAS calls on strided views (no transposed copies of q, k, v).
+The three projections run as one (B*N, D) x (D, 3D) product. The per-head products run image
+block by image block on scratchvit's threads (``backend.blockwise``), in chunks of rows small
+enough for BLAS to run them on the calling thread, on contiguous copies of q, k^T and v.
 """
 from __future__ import annotations
 
@@ -18,9 +19,15 @@ import math
 from ..backend import blockwise, get_xp
 
 NAMES = ("query", "key", "value", "out")
+# OpenBLAS computes a product with M*N*K below 4 * 65536 on the calling thread (interface/gemm.c:
+# SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD), larger ones on its own threads. The per-head
+# products are cut into chunks of query (or key) rows below that size, and the image blocks are
+# spread over scratchvit's threads: the parallelism is ours, and the two thread pools never fight.
+SMALL_PRODUCT = 4 * 65536
 
 
 def _softmax_rows(s):
+    """Softmax over the last axis of ``s`` (any rank, rows contiguous), in place."""
     xp = get_xp(s)
     s -= s.max(axis=-1, keepdims=True)
     xp.exp(s, out=s)
@@ -28,8 +35,9 @@ def _softmax_rows(s):
 
 
 def _softmax_backward_rows(dp, p):
+    """dp <- p * (dp - sum(dp * p)) over the last axis (any rank), in place."""
     xp = get_xp(dp)
-    dp -= xp.einsum("ij,ij->i", dp, p)[:, None]
+    dp -= xp.einsum("...j,...j->...", dp, p)[..., None]
     dp *= p
 
 
@@ -50,23 +58,57 @@ def softmax_backward(dp, p):
     return dp
 
 
-def _core_forward(q, k, v, a, ctx):
-    """Scores, softmax and weighted values for a block of images, while the block is in the cache."""
-    xp = get_xp(q)
-    xp.matmul(q, k.transpose(0, 1, 3, 2), out=a)  # (b, H, N, N) scores
-    _softmax_rows(a.reshape(-1, a.shape[-1]))
-    xp.matmul(a, v, out=ctx)
+def _row_chunks(n_rows, n_cols, inner, xp):
+    """Slices of at most R rows such that an (R x inner) x (inner x n_cols) product is SMALL_PRODUCT
+    or less: each per-head product then runs on the calling thread (one slice on the GPU)."""
+    if xp.__name__ != "numpy":
+        return [slice(0, n_rows)]
+    r = max(1, SMALL_PRODUCT // (n_cols * inner))
+    return [slice(s, s + r) for s in range(0, n_rows, r)]
 
 
-def _core_backward(q, k, v, a, dctx, dq, dk, dv, scale):
-    """Gradients through softmax(q k^T) v for a block of images (q already scaled)."""
+def _core_forward(qkv, q, kt, v, a, ctx, scale):
+    """softmax(q k^T / sqrt(hd)) v for a block of images, a chunk of query rows at a time.
+
+    Args:
+        qkv: (b, N, 3, H, hd) projections. Written here (outputs, contiguous, kept for the backward):
+            q (b, H, N, hd) scaled queries, kt (b, H, hd, N) transposed keys, v (b, H, N, hd) values,
+            a (b, H, N, N) attention weights; ctx (b, H, N, hd) is a view of the heads-side-by-side output.
+    BLAS reads contiguous operands about twice as fast as strided transposed views, and the copies
+    are made here, block by block, while the block is in the cache.
+    """
+    xp = get_xp(qkv)
+    xp.multiply(qkv[:, :, 0].transpose(0, 2, 1, 3), scale, out=q)
+    kt[...] = qkv[:, :, 1].transpose(0, 2, 3, 1)
+    v[...] = qkv[:, :, 2].transpose(0, 2, 1, 3)
+    for r in _row_chunks(q.shape[2], kt.shape[3], q.shape[3], xp):
+        xp.matmul(q[:, :, r], kt, out=a[:, :, r])  # scores of these queries, (b, H, R, N)
+        _softmax_rows(a[:, :, r])
+        xp.matmul(a[:, :, r], v, out=ctx[:, :, r])
+
+
+def _core_backward(q, kt, v, a, dctx, dq, dk, dv, scale):
+    """Gradients through softmax(q k^T) v for a block of images (q already scaled):
+
+        dA = dctx v^T,  dS = A * (dA - rowsum(dA * A)),  dq = dS k / sqrt(hd),
+        dk = dS^T q,    dv = A^T dctx
+
+    dA, dS and dq go by chunks of query rows, dk and dv by chunks of key rows (no partial sums).
+    """
     xp = get_xp(q)
-    xp.matmul(a.transpose(0, 1, 3, 2), dctx, out=dv)  # dv = A^T dctx
-    ds = dctx @ v.transpose(0, 1, 3, 2)  # dA = dctx v^T
-    _softmax_backward_rows(ds.reshape(-1, ds.shape[-1]), a.reshape(-1, a.shape[-1]))  # dS, in place
-    xp.matmul(ds, k, out=dq)
-    dq *= scale  # dq = dS k / sqrt(hd)
-    xp.matmul(ds.transpose(0, 1, 3, 2), q, out=dk)  # dk = dS^T (q / sqrt(hd))
+    N, hd = q.shape[2], q.shape[3]
+    vt = xp.ascontiguousarray(v.transpose(0, 1, 3, 2))
+    k = xp.ascontiguousarray(kt.transpose(0, 1, 3, 2))
+    ds = xp.empty_like(a)
+    for r in _row_chunks(N, N, hd, xp):
+        xp.matmul(dctx[:, :, r], vt, out=ds[:, :, r])  # dA
+        _softmax_backward_rows(ds[:, :, r], a[:, :, r])  # dS, in place
+        xp.matmul(ds[:, :, r], k, out=dq[:, :, r])
+    dq *= scale
+    ds_t, a_t = ds.transpose(0, 1, 3, 2), a.transpose(0, 1, 3, 2)
+    for c in _row_chunks(N, hd, N, xp):
+        xp.matmul(ds_t[:, :, c], q, out=dk[:, :, c])
+        xp.matmul(a_t[:, :, c], dctx, out=dv[:, :, c])
 
 
 def attention_forward(x, p):
@@ -89,18 +131,18 @@ def attention_forward(x, p):
     x2d = x.reshape(B * N, D)
     qkv = x2d @ w_qkv
     qkv += b_qkv
-    qkv = qkv.reshape(B, N, 3, H, hd)
-    q = qkv[:, :, 0].transpose(0, 2, 1, 3) * scale  # (B, H, N, hd), scaled copy
-    k = qkv[:, :, 1].transpose(0, 2, 1, 3)  # strided views: BLAS reads them in place
-    v = qkv[:, :, 2].transpose(0, 2, 1, 3)
-    a = xp.empty((B, H, N, N), dtype=x.dtype)  # attention weights, kept for the backward
+    q = xp.empty((B, H, N, hd), dtype=x.dtype)
+    kt = xp.empty((B, H, hd, N), dtype=x.dtype)
+    v = xp.empty((B, H, N, hd), dtype=x.dtype)
+    a = xp.empty((B, H, N, N), dtype=x.dtype)  # attention weights
     ctx = xp.empty((B, N, H, hd), dtype=x.dtype)  # heads side by side, ready for the out projection
-    blockwise(_core_forward, q, k, v, a, ctx.transpose(0, 2, 1, 3), parallel=False)
+    blockwise(lambda *blk: _core_forward(*blk, scale), qkv.reshape(B, N, 3, H, hd), q, kt, v, a,
+              ctx.transpose(0, 2, 1, 3))
     ctx2d = ctx.reshape(B * N, H * hd)
     w_out = p["out/kernel"].reshape(H * hd, D)
     y = ctx2d @ w_out
     y += p["out/bias"]
-    cache = (x2d, w_qkv, q, k, v, a, ctx2d, w_out, (B, N, D, H, hd), scale)
+    cache = (x2d, w_qkv, q, kt, v, a, ctx2d, w_out, (B, N, D, H, hd), scale)
     return y.reshape(B, N, D), cache
 
 
@@ -111,7 +153,7 @@ def attention_backward(dy, cache):
         dx (B, N, D) and a dict of parameter gradients with the same sub-names and shapes as ``p``.
     """
     xp = get_xp(dy)
-    x2d, w_qkv, q, k, v, a, ctx2d, w_out, (B, N, D, H, hd), scale = cache
+    x2d, w_qkv, q, kt, v, a, ctx2d, w_out, (B, N, D, H, hd), scale = cache
     dy2d = dy.reshape(B * N, D)
     grads = {
         "out/kernel": (ctx2d.T @ dy2d).reshape(H, hd, D),
@@ -120,7 +162,7 @@ def attention_backward(dy, cache):
     dctx = (dy2d @ w_out.T).reshape(B, N, H, hd).transpose(0, 2, 1, 3)  # (B, H, N, hd) view
     dqkv = xp.empty((B, N, 3, H, hd), dtype=dy.dtype)
     dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-    blockwise(lambda *blk: _core_backward(*blk, scale), q, k, v, a, dctx, dq, dk, dv, parallel=False)
+    blockwise(lambda *blk: _core_backward(*blk, scale), q, kt, v, a, dctx, dq, dk, dv)
     dqkv2d = dqkv.reshape(B * N, 3 * D)
     dw = x2d.T @ dqkv2d  # (D, 3D)
     db = dqkv2d.sum(axis=0)
