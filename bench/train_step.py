@@ -436,7 +436,13 @@ def run_interleaved(runners, method: str, warmup: int, steps: int, pause: float 
 # -------------------------------------------------------------------------------- memory probe
 def probe(args) -> dict:
     """Runs in a subprocess: one framework only; peak RSS of its first training steps."""
+    if args._probe == "scratchvit":
+        import scratchvit  # noqa: F401  (before NumPy, as in main)
     import numpy as np
+
+    from scratchvit.backend import keep_freed_memory
+
+    keep_freed_memory()  # both frameworks' probes, as in main
 
     cfg = make_config(args)
     images, labels = make_batch(cfg, args.batch_size, args.dtype, args.seed)
@@ -545,11 +551,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(probe(args)))
         return {}
 
+    import scratchvit as sv  # first: it sets OpenBLAS's thread spinning before NumPy loads OpenBLAS
+    from scratchvit import flops
+    from scratchvit.backend import keep_freed_memory
+
     import numpy as np
 
-    import scratchvit as sv
-    from scratchvit import flops
-
+    keep_freed_memory()  # as `python -m scratchvit.train` does; process-wide, so PyTorch's step gets it too
     use_torch = args.compare == "torch"
     if use_torch:
         import torch

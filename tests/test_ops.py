@@ -196,3 +196,43 @@ def test_cross_entropy_is_stable_for_huge_logits():
 def test_cross_entropy_rejects_bad_labels(labels, msg):
     with pytest.raises(ValueError, match=msg):
         ops.softmax_cross_entropy_forward(np.zeros((2, 5)), labels)
+
+
+def _attention_params(rng, D, H):
+    p = {f"{n}/kernel": rng.standard_normal((D, H, D // H)) * 0.5 for n in ("query", "key", "value")}
+    p.update({f"{n}/bias": rng.standard_normal((H, D // H)) for n in ("query", "key", "value")})
+    p["out/kernel"], p["out/bias"] = rng.standard_normal((H, D // H, D)), rng.standard_normal(D)
+    return p
+
+
+def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
+    """The CPU paths cut work into row blocks (over threads) and attention into row chunks; with
+    blocks of one row and chunks of one query/key row, every result must be the same."""
+    from scratchvit import backend
+    from scratchvit.ops import attention
+
+    x, dy = rng.standard_normal((3, 7, 8)), rng.standard_normal((3, 7, 8))
+    h, dh = rng.standard_normal((3, 7, 20)), rng.standard_normal((3, 7, 20))
+    p = _attention_params(rng, 8, 2)
+    scale, bias = rng.standard_normal(8), rng.standard_normal(8)
+
+    def run():
+        y, c = ops.attention_forward(x, p)
+        dx, g = ops.attention_backward(dy, c)
+        ln, lc = ops.layer_norm_forward(x, scale, bias)
+        lg = ops.layer_norm_backward(dy, lc)
+        out = [y, dx, *g.values(), ln, *lg]
+        for approximate in ("tanh", "erf"):
+            gy, gc = ops.gelu_forward(h, approximate)
+            out += [gy, ops.gelu_backward(dh, gc)]
+        return out
+
+    whole = run()
+    monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 1)  # one row (one image for attention) per block
+    monkeypatch.setattr(attention, "SMALL_PRODUCT", 1)  # one query / key row per chunk
+    assert len(attention._row_chunks(7, 7, 4, np)) == 7
+    for a, b in zip(whole, run()):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
+    monkeypatch.setattr(backend, "NUM_THREADS", 1)
+    for a, b in zip(whole, run()):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
