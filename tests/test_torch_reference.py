@@ -1,6 +1,6 @@
 """The PyTorch reference ViT (bench/torch_reference.py) against the official vit_jax model.
 
-The reference cases in ``shared/reference/*.npz`` (beside the repository checkout) were
+The reference cases in ``tests/reference/*.npz`` (copies of ``../shared/reference``) were
 computed with Google's vit_jax in float64. The PyTorch model built from the same
 parameters must reproduce logits, loss and every gradient tightly, so that the
 benchmarks compare scratchvit with a model known to compute the same function.
@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REF = Path(__file__).resolve().parent / "reference"  # copies of ../shared/reference (see its README)
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
@@ -29,7 +29,7 @@ CASES = ["shared_token", "shared_prelogits"]
 def _load(name):
     path = REF / f"{name}.npz"
     if not path.exists():
-        pytest.skip(f"reference case {path} not found (shared/reference/ lives beside the repository checkout)")
+        pytest.skip(f"reference case {path} not found (tests/reference/ holds copies of the official cases)")
     with np.load(path) as z:
         data = {k: z[k] for k in z.files}
     params = {k[len("params/"):]: v for k, v in data.items() if k.startswith("params/")}
