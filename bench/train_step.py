@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(probe(args)))
         return {}
 
-    import scratchvit as sv  # first: it sets OpenBLAS's thread spinning before NumPy loads OpenBLAS
+    import scratchvit  # noqa: F401  (first: it sets OpenBLAS's thread spinning before NumPy loads OpenBLAS)
     from scratchvit import flops
     from scratchvit.backend import keep_freed_memory
 

@@ -234,7 +234,7 @@ class ViT:
         Returns:
             dict with the same keys and shapes as ``params`` (and "images" when ``need_dinput``).
         """
-        c, p, xp = self.config, self.params, self.xp
+        c, p = self.config, self.params
         g = {}
         dx, g["head/kernel"], g["head/bias"] = ops.dense_backward(dlogits, caches["head"])
         if c.representation_size is not None:

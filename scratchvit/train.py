@@ -262,7 +262,7 @@ def load_state(out: Path, model, opt_state: dict):
     missing = [k for k in opt_state if f"opt/{k}" not in st]
     if missing:
         raise ValueError(f"--resume: {out / 'state.npz'} lacks optimiser state {missing[:3]}")
-    for k, v in opt_state.items():
+    for k in list(opt_state):
         saved = st[f"opt/{k}"]
         opt_state[k] = saved if k == "count" else to_device(saved, model.device, model.dtype)
     return int(st["step"]), float(st["best_val_accuracy"])
@@ -329,7 +329,7 @@ def train(s: dict, ds=None, log=print, run_test: bool = True) -> dict:
         from tqdm import tqdm  # noqa: PLC0415
 
         bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-    win_loss, win_correct, win_images, win_t = 0.0, 0, 0, time.perf_counter()
+    win_loss, win_images, win_t = 0.0, 0, time.perf_counter()
     try:
         for step_in, x, y in batches:
             if step >= total_steps:
@@ -364,7 +364,7 @@ def train(s: dict, ds=None, log=print, run_test: bool = True) -> dict:
                 msg = (f"step {step}/{total_steps}  train loss {win_loss / win_images:.4f}  val loss {r['loss']:.4f}"
                        f"  val acc {100 * r['accuracy']:.2f}%  {win_images / dt:.0f} img/s")
                 (bar.write if bar is not None else log)(msg)
-                win_loss, win_correct, win_images, win_t = 0.0, 0, 0, time.perf_counter()
+                win_loss, win_images, win_t = 0.0, 0, time.perf_counter()
     except KeyboardInterrupt:
         status = "interrupted"
         save_state(out, model, opt_state, step, best_val, s)

@@ -1,6 +1,4 @@
 """Optimisers against hand-computed updates, clipping, the official schedule formula, accumulation."""
-import math
-
 import numpy as np
 import pytest
 
