@@ -5,6 +5,7 @@ runs on NumPy and CuPy arrays alike. Nothing here imports CuPy unless the GPU is
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -121,6 +122,58 @@ def keep_freed_memory() -> bool:
     ok &= mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
     ok &= mallopt(M_TOP_PAD, 64 << 20)
     return bool(ok)
+
+
+# ----------------------------------------------------------------------------- BLAS threads
+_blas_thread_fns = None
+
+
+def _find_blas_thread_fns():
+    """(get, set) of the loaded OpenBLAS's thread count, through ctypes, or None where unknown."""
+    import ctypes  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({m for m in re.findall(r"(/\S+\.so\S*)", f.read()) if "openblas" in m.lower()})
+    except OSError:  # not Linux
+        return None
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("openblas", ""), ("scipy_openblas", "64_"), ("openblas", "64_")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                put.argtypes = [ctypes.c_int]
+                return get, put
+    return None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run the body with OpenBLAS on one thread; yields whether that could be done.
+
+    Used where scratchvit's own threads call BLAS at once on many small products (attention's
+    per-head products): OpenBLAS's thread pool and ours would otherwise fight over the cores.
+    Process-wide while it lasts. Yields False (and changes nothing) where the BLAS is not an
+    OpenBLAS found through ctypes (other BLAS builds, non-Linux).
+    """
+    global _blas_thread_fns
+    if _blas_thread_fns is None:
+        _blas_thread_fns = _find_blas_thread_fns() or False
+    if not _blas_thread_fns:
+        yield False
+        return
+    get, put = _blas_thread_fns
+    before = get()
+    put(1)
+    try:
+        yield True
+    finally:
+        put(before)
 
 
 # ----------------------------------------------------------------------------- CPU element-wise work

@@ -229,10 +229,28 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
 
     whole = run()
     monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 1)  # one row (one image for attention) per block
-    monkeypatch.setattr(attention, "SMALL_PRODUCT", 1)  # one query / key row per chunk
+    for a, b in zip(whole, run()):  # blocks on threads, BLAS held to one thread where it is OpenBLAS
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
+    monkeypatch.setattr(backend, "_blas_thread_fns", False)  # as with a BLAS that cannot be held...
+    monkeypatch.setattr(attention, "SMALL_PRODUCT", 1)  # ...the products go by one query / key row
     assert len(attention._row_chunks(7, 7, 4, np)) == 7
     for a, b in zip(whole, run()):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
     monkeypatch.setattr(backend, "NUM_THREADS", 1)
     for a, b in zip(whole, run()):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
+
+
+def test_single_threaded_blas_restores_the_thread_count():
+    from scratchvit import backend
+
+    with backend.single_threaded_blas() as held:
+        if not held:
+            pytest.skip("the BLAS here is not an OpenBLAS reachable through ctypes")
+        get, _ = backend._blas_thread_fns
+        assert get() == 1
+    before = get()
+    with pytest.raises(RuntimeError), backend.single_threaded_blas():
+        assert get() == 1
+        raise RuntimeError
+    assert get() == before

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 
-from ..backend import blockwise, get_xp
+from ..backend import blockwise, get_xp, single_threaded_blas
 
 NAMES = ("query", "key", "value", "out")
-# OpenBLAS computes a product with M*N*K below 4 * 65536 on the calling thread (interface/gemm.c:
-# SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD), larger ones on its own threads. The per-head
-# products are cut into chunks of query (or key) rows below that size, and the image blocks are
-# spread over scratchvit's threads: the parallelism is ours, and the two thread pools never fight.
+# The per-head products run image block by image block on scratchvit's threads, with OpenBLAS held
+# to one thread meanwhile (backend.single_threaded_blas). Where that cannot be done (another BLAS),
+# they are cut into chunks of query (or key) rows below SMALL_PRODUCT: OpenBLAS computes a product
+# with M*N*K below 4 * 65536 on the calling thread (interface/gemm.c: SMP_THRESHOLD_MIN *
+# GEMM_MULTITHREAD_THRESHOLD). Either way the parallelism is ours and the two pools never fight.
 SMALL_PRODUCT = 4 * 65536
 
 
@@ -58,16 +59,17 @@ def softmax_backward(dp, p):
     return dp
 
 
-def _row_chunks(n_rows, n_cols, inner, xp):
+def _row_chunks(n_rows, n_cols, inner, xp, whole=False):
     """Slices of at most R rows such that an (R x inner) x (inner x n_cols) product is SMALL_PRODUCT
-    or less: each per-head product then runs on the calling thread (one slice on the GPU)."""
-    if xp.__name__ != "numpy":
+    or less: each per-head product then runs on the calling thread. One slice if ``whole`` (BLAS
+    held to one thread) or on the GPU."""
+    if whole or xp.__name__ != "numpy":
         return [slice(0, n_rows)]
     r = max(1, SMALL_PRODUCT // (n_cols * inner))
     return [slice(s, s + r) for s in range(0, n_rows, r)]
 
 
-def _core_forward(qkv, q, kt, v, a, ctx, scale):
+def _core_forward(qkv, q, kt, v, a, ctx, scale, whole):
     """softmax(q k^T / sqrt(hd)) v for a block of images, a chunk of query rows at a time.
 
     Args:
@@ -81,13 +83,13 @@ def _core_forward(qkv, q, kt, v, a, ctx, scale):
     xp.multiply(qkv[:, :, 0].transpose(0, 2, 1, 3), scale, out=q)
     kt[...] = qkv[:, :, 1].transpose(0, 2, 3, 1)
     v[...] = qkv[:, :, 2].transpose(0, 2, 1, 3)
-    for r in _row_chunks(q.shape[2], kt.shape[3], q.shape[3], xp):
+    for r in _row_chunks(q.shape[2], kt.shape[3], q.shape[3], xp, whole):
         xp.matmul(q[:, :, r], kt, out=a[:, :, r])  # scores of these queries, (b, H, R, N)
         _softmax_rows(a[:, :, r])
         xp.matmul(a[:, :, r], v, out=ctx[:, :, r])
 
 
-def _core_backward(q, kt, v, a, dctx, dq, dk, dv, scale):
+def _core_backward(q, kt, v, a, dctx, dq, dk, dv, scale, whole):
     """Gradients through softmax(q k^T) v for a block of images (q already scaled):
 
         dA = dctx v^T,  dS = A * (dA - rowsum(dA * A)),  dq = dS k / sqrt(hd),
@@ -100,13 +102,13 @@ def _core_backward(q, kt, v, a, dctx, dq, dk, dv, scale):
     vt = xp.ascontiguousarray(v.transpose(0, 1, 3, 2))
     k = xp.ascontiguousarray(kt.transpose(0, 1, 3, 2))
     ds = xp.empty_like(a)
-    for r in _row_chunks(N, N, hd, xp):
+    for r in _row_chunks(N, N, hd, xp, whole):
         xp.matmul(dctx[:, :, r], vt, out=ds[:, :, r])  # dA
         _softmax_backward_rows(ds[:, :, r], a[:, :, r])  # dS, in place
         xp.matmul(ds[:, :, r], k, out=dq[:, :, r])
     dq *= scale
     ds_t, a_t = ds.transpose(0, 1, 3, 2), a.transpose(0, 1, 3, 2)
-    for c in _row_chunks(N, hd, N, xp):
+    for c in _row_chunks(N, hd, N, xp, whole):
         xp.matmul(ds_t[:, :, c], q, out=dk[:, :, c])
         xp.matmul(a_t[:, :, c], dctx, out=dv[:, :, c])
 
@@ -136,8 +138,9 @@ def attention_forward(x, p):
     v = xp.empty((B, H, N, hd), dtype=x.dtype)
     a = xp.empty((B, H, N, N), dtype=x.dtype)  # attention weights
     ctx = xp.empty((B, N, H, hd), dtype=x.dtype)  # heads side by side, ready for the out projection
-    blockwise(lambda *blk: _core_forward(*blk, scale), qkv.reshape(B, N, 3, H, hd), q, kt, v, a,
-              ctx.transpose(0, 2, 1, 3))
+    with single_threaded_blas() as whole:
+        blockwise(lambda *blk: _core_forward(*blk, scale, whole), qkv.reshape(B, N, 3, H, hd), q, kt, v, a,
+                  ctx.transpose(0, 2, 1, 3))
     ctx2d = ctx.reshape(B * N, H * hd)
     w_out = p["out/kernel"].reshape(H * hd, D)
     y = ctx2d @ w_out
@@ -162,7 +165,8 @@ def attention_backward(dy, cache):
     dctx = (dy2d @ w_out.T).reshape(B, N, H, hd).transpose(0, 2, 1, 3)  # (B, H, N, hd) view
     dqkv = xp.empty((B, N, 3, H, hd), dtype=dy.dtype)
     dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-    blockwise(lambda *blk: _core_backward(*blk, scale), q, kt, v, a, dctx, dq, dk, dv)
+    with single_threaded_blas() as whole:
+        blockwise(lambda *blk: _core_backward(*blk, scale, whole), q, kt, v, a, dctx, dq, dk, dv)
     dqkv2d = dqkv.reshape(B * N, 3 * D)
     dw = x2d.T @ dqkv2d  # (D, 3D)
     db = dqkv2d.sum(axis=0)
