@@ -216,3 +216,16 @@ def test_help_explains_every_flag(capsys):
                  "--grad-clip", "--weight-decay", "--eval-every", "--seed", "--dtype", "--out", "--resume",
                  "--config"):
         assert flag in text, flag
+
+
+@pytest.mark.parametrize("preset", ["fashion-mnist", "cifar10-finetune"])
+def test_presets_load_and_validate(preset):
+    s = train.resolve_settings(["--config", preset])
+    assert s["dataset"] in ("fashion-mnist", "cifar10")
+    config = sv.get_config(s["model"], image_size=s["image_size"], patch_size=s["patch_size"],
+                           hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_heads=s["num_heads"],
+                           mlp_dim=s["mlp_dim"], classifier=s["classifier"], num_classes=10)
+    assert config.image_size % config.patch_size == 0
+    if preset == "cifar10-finetune":  # the paper's recipe (DESIGN.md)
+        assert (s["optimizer"], s["lr"], s["momentum"], s["weight_decay"], s["batch_size"], s["grad_clip"],
+                s["warmup_steps"], s["steps"], s["schedule"]) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
