@@ -78,16 +78,22 @@ def test_layer_norm_statistics(rng):
     np.testing.assert_allclose(y.var(-1), 1 / (1 + 1e-6 / x.var(-1)), rtol=1e-12)
 
 
-@pytest.mark.parametrize("heads", [1, 2, 4])
-def test_attention(rng, heads):
-    D, hd = 8, 8 // heads
-    inp = {"x": rng.standard_normal((2, 5, D))}
+def attention_params(rng, D, H, scale=1.0):
+    """Random official-layout attention parameters; kernels and q/k/v biases times ``scale``."""
     p = {}
     for n in ("query", "key", "value"):
-        p[f"{n}/kernel"] = rng.standard_normal((D, heads, hd)) * 0.5
-        p[f"{n}/bias"] = rng.standard_normal((heads, hd)) * 0.5
-    p["out/kernel"] = rng.standard_normal((heads, hd, D)) * 0.5
+        p[f"{n}/kernel"] = rng.standard_normal((D, H, D // H)) * scale
+        p[f"{n}/bias"] = rng.standard_normal((H, D // H)) * scale
+    p["out/kernel"] = rng.standard_normal((H, D // H, D)) * scale
     p["out/bias"] = rng.standard_normal(D)
+    return p
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_attention(rng, heads):
+    D = 8
+    inp = {"x": rng.standard_normal((2, 5, D))}
+    p = attention_params(rng, D, heads, scale=0.5)
     inp.update({f"p:{k}": v for k, v in p.items()})
 
     def fwd(**a):
@@ -107,9 +113,7 @@ def test_attention(rng, heads):
 def test_attention_matches_naive_per_head_loop(rng):
     B, N, D, H = 2, 4, 6, 3
     x = rng.standard_normal((B, N, D))
-    p = {f"{n}/kernel": rng.standard_normal((D, H, D // H)) for n in ("query", "key", "value")}
-    p.update({f"{n}/bias": rng.standard_normal((H, D // H)) for n in ("query", "key", "value")})
-    p["out/kernel"], p["out/bias"] = rng.standard_normal((H, D // H, D)), rng.standard_normal(D)
+    p = attention_params(rng, D, H)
     y, _ = ops.attention_forward(x, p)
     expected = np.zeros((B, N, D)) + p["out/bias"]
     for h in range(H):
@@ -198,13 +202,6 @@ def test_cross_entropy_rejects_bad_labels(labels, msg):
         ops.softmax_cross_entropy_forward(np.zeros((2, 5)), labels)
 
 
-def _attention_params(rng, D, H):
-    p = {f"{n}/kernel": rng.standard_normal((D, H, D // H)) * 0.5 for n in ("query", "key", "value")}
-    p.update({f"{n}/bias": rng.standard_normal((H, D // H)) for n in ("query", "key", "value")})
-    p["out/kernel"], p["out/bias"] = rng.standard_normal((H, D // H, D)), rng.standard_normal(D)
-    return p
-
-
 def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
     """The CPU paths cut work into row blocks (over threads) and attention into row chunks; with
     blocks of one row and chunks of one query/key row, every result must be the same."""
@@ -213,7 +210,7 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
 
     x, dy = rng.standard_normal((3, 7, 8)), rng.standard_normal((3, 7, 8))
     h, dh = rng.standard_normal((3, 7, 20)), rng.standard_normal((3, 7, 20))
-    p = _attention_params(rng, 8, 2)
+    p = attention_params(rng, 8, 2, scale=0.5)
     scale, bias = rng.standard_normal(8), rng.standard_normal(8)
 
     def run():
