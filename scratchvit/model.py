@@ -18,6 +18,7 @@ from .backend import check_dtype, module_for, to_device
 from .checkpoint import load_checkpoint
 from .configs import ViTConfig, get_config
 from .params import ATTN, ATTN_KEYS, MLP, POSEMB, block_prefix, check_params, init_params, param_shapes
+from .rollout import attention_weights
 
 
 class ViT:
@@ -81,11 +82,12 @@ class ViT:
         return to_device(images, self.device, self.dtype)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, images, keep_cache: bool):
+    def _forward(self, images, keep_cache: bool, attn_inputs: list | None = None):
         """Logits (B, K) and, if ``keep_cache``, the dict of caches :meth:`backward` consumes (else None).
 
         The caches are keyed "embedding", each block's prefix, "encoder_norm", "pool",
         ("pre_logits", "pre_logits_tanh",) "head"; :meth:`backward` pops the block entries as it goes.
+        ``attn_inputs``, if a list, receives each block's attention input LN(z_{l-1}) (B, N, D).
         """
         c, p, xp = self.config, self.params, self.xp
         x = self._images(images)
@@ -102,6 +104,8 @@ class ViT:
         for i in range(c.num_layers):
             b = block_prefix(i)
             h, ln0 = ops.layer_norm_forward(x, p[b + "LayerNorm_0/scale"], p[b + "LayerNorm_0/bias"])
+            if attn_inputs is not None:
+                attn_inputs.append(h.copy())
             attn_p = {k: p[f"{b}{ATTN}/{k}"] for k in ATTN_KEYS}
             h, attn = ops.attention_forward(h, attn_p)
             x += h
@@ -140,6 +144,27 @@ class ViT:
         """
         logits, caches = self._forward(images, keep_cache=keep_cache)
         return (logits, caches) if keep_cache else logits
+
+    def attention_probabilities(self, images) -> list:
+        """Each block's attention probabilities softmax(q k^T / sqrt(head_dim)) (paper Eq. 2, Appendix A).
+
+        Args:
+            images: as :meth:`forward`.
+
+        Returns:
+            list over blocks (first to last) of (B, heads, N, N) arrays on the model's device, N the
+            number of tokens (class token first for the "token" classifier); rows sum to 1.
+            Input to :func:`scratchvit.rollout.attention_rollout`.
+
+        Raises:
+            ValueError: as :meth:`forward`.
+        """
+        inputs = []
+        self._forward(images, keep_cache=False, attn_inputs=inputs)
+        p = self.params
+        return [attention_weights(h, *(p[f"{block_prefix(i)}{ATTN}/{k}"] for k in
+                                       ("query/kernel", "query/bias", "key/kernel", "key/bias")))
+                for i, h in enumerate(inputs)]
 
     # ------------------------------------------------------------------ backward
     def backward(self, dlogits, caches, need_dinput: bool = False):
