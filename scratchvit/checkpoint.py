@@ -31,11 +31,34 @@ LINEN_BLOCK_NAMES = {
 _BLOCK_RE = re.compile(r"^Transformer/encoderblock_(\d+)/([^/]+)/(.*)$")
 
 
-def save_npz_atomic(path, arrays: dict) -> None:
-    """Write ``arrays`` (name -> array) to ``path`` as an uncompressed ``.npz``, atomically.
+def write_atomic(path, write) -> None:
+    """Create or replace the file ``path`` atomically: ``write(f)`` fills a temporary file (binary)
+    in the same folder, which is flushed to disk, given the usual permissions (0666 less the umask)
+    and renamed over ``path``. A crash leaves either the old file or the new one, never half a file.
 
-    The file is written to a temporary file in the same folder, flushed to disk, then renamed
-    over ``path``: a crash leaves either the old file or the new one, never half a file.
+    Raises:
+        OSError: the folder is missing or not writable; whatever ``write`` raises (no file is left).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_npz_atomic(path, arrays: dict) -> None:
+    """Write ``arrays`` (name -> array) to ``path`` as an uncompressed ``.npz``, atomically
+    (:func:`write_atomic`); missing folders are created.
 
     Raises:
         ValueError: ``path`` does not end in ".npz".
@@ -44,17 +67,7 @@ def save_npz_atomic(path, arrays: dict) -> None:
     if path.suffix != ".npz":
         raise ValueError(f"checkpoint path must end in .npz, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: to_numpy(v) for k, v in arrays.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: np.savez(f, **{k: to_numpy(v) for k, v in arrays.items()}))
 
 
 def save_checkpoint(path, params: dict, dtype="float32") -> None:

@@ -14,14 +14,13 @@ reshaped to the patch grid.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .backend import get_xp, to_numpy
+from .checkpoint import write_atomic
 
 
 def attention_weights(h, q_kernel, q_bias, k_kernel, k_bias):
@@ -114,7 +113,7 @@ def overlay_panel(image: np.ndarray, heat: np.ndarray, display: int = 224) -> np
 
 
 def save_png_atomic(path, rgb: np.ndarray) -> None:
-    """Write a (h, w, 3) uint8 image to ``path`` as PNG via a temporary file and a rename.
+    """Write a (h, w, 3) uint8 image to ``path`` as PNG, atomically (temporary file, then rename).
 
     Raises:
         ValueError: ``path`` does not end in ".png".
@@ -123,12 +122,4 @@ def save_png_atomic(path, rgb: np.ndarray) -> None:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"image path must end in .png, got {str(path)!r}")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(rgb).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))

@@ -185,6 +185,15 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.npz"]
 
 
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        sv.save_checkpoint(tmp_path / "c.npz", small_model().params)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
 def test_non_finite_values_are_refused_naming_the_array(tmp_path):
     p = {k: np.asarray(v) for k, v in small_model().params.items()}
     p["head/kernel"] = p["head/kernel"].copy()
