@@ -189,3 +189,21 @@ def test_schema_names_are_official():
     assert sum(f"/{ATTN}/" in k for k in names) == len(ATTN_KEYS) * cfg.num_layers
     assert not is_official_name("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")
     assert not is_official_name("Transformer/encoderblock_x/LayerNorm_0/scale")
+
+
+def test_reference_generator_describes_the_committed_files():
+    """tests/reference/make_reference.py (needs vit_jax, not run here) writes the cases the tests read."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parent / "reference" / "make_reference.py"
+    spec = importlib.util.spec_from_file_location("make_reference", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, meta in mod.CASES.items():
+        with np.load(path.parent / f"{name}.npz") as f:
+            assert json.loads(str(f["meta"])) == meta
+            assert str(f["meta"]) == json.dumps(meta)
+            params = [k for k in f.files if k.startswith("params/")]
+            assert {k[len("params/"):] for k in params} == {k[len("grads/"):] for k in f.files if k.startswith("grads/")}
+            assert set(f.files) - set(params) - {k for k in f.files if k.startswith("grads/")} == {
+                "images", "labels", "logits", "loss", "meta"}
