@@ -204,6 +204,6 @@ def test_reference_generator_describes_the_committed_files():
             assert json.loads(str(f["meta"])) == meta
             assert str(f["meta"]) == json.dumps(meta)
             params = [k for k in f.files if k.startswith("params/")]
-            assert {k[len("params/"):] for k in params} == {k[len("grads/"):] for k in f.files if k.startswith("grads/")}
-            assert set(f.files) - set(params) - {k for k in f.files if k.startswith("grads/")} == {
-                "images", "labels", "logits", "loss", "meta"}
+            grads = [k for k in f.files if k.startswith("grads/")]
+            assert {k[len("params/"):] for k in params} == {k[len("grads/"):] for k in grads}
+            assert set(f.files) - set(params) - set(grads) == {"images", "labels", "logits", "loss", "meta"}
