@@ -137,7 +137,8 @@ def attention_map(model: ViT, images: np.ndarray) -> np.ndarray:
     x = (images.astype(np.float32) - 127.5) / 127.5
     maps = attention_rollout(model.attention_probabilities(x), model.config.classifier)
     rows = [overlay_panel(im, m) for im, m in zip(images, maps, strict=True)]
-    return np.concatenate(rows, axis=0)
+    gap = np.full((8, rows[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([part for row in rows for part in (gap, row)][1:], axis=0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -102,7 +102,7 @@ def test_attention_map_png(tmp_path, rng, capsys):
     assert main(["--checkpoint", str(ckpt), "--attention-map", str(out), *files]) == 0
     assert f"attention map: {out}" in capsys.readouterr().out
     with Image.open(out) as im:
-        assert im.size == (2 * 224 + 8, 2 * 224) and im.mode == "RGB"
+        assert im.size == (2 * 224 + 8, 2 * 224 + 8) and im.mode == "RGB"
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".png", ".tmp")) == ["0.png", "1.png", "map.png"]
 
 
