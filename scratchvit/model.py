@@ -103,12 +103,14 @@ class ViT:
         # Eq. 2-3: L pre-norm encoder blocks; the residual stream x is updated in place.
         for i in range(c.num_layers):
             b = block_prefix(i)
+            # Eq. 2: z'_l = MSA(LN(z_{l-1})) + z_{l-1}
             h, ln0 = ops.layer_norm_forward(x, p[b + "LayerNorm_0/scale"], p[b + "LayerNorm_0/bias"])
             if attn_inputs is not None:
                 attn_inputs.append(h.copy())
             attn_p = {k: p[f"{b}{ATTN}/{k}"] for k in ATTN_KEYS}
             h, attn = ops.attention_forward(h, attn_p)
             x += h
+            # Eq. 3: z_l = MLP(LN(z'_l)) + z'_l
             h, ln2 = ops.layer_norm_forward(x, p[b + "LayerNorm_2/scale"], p[b + "LayerNorm_2/bias"])
             h, fc0 = ops.dense_forward(h, p[f"{b}{MLP}/Dense_0/kernel"], p[f"{b}{MLP}/Dense_0/bias"])
             h, act = ops.gelu_forward(h, c.gelu)
