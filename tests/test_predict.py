@@ -51,6 +51,15 @@ def test_load_image_resizes_shorter_side_and_centre_crops(tmp_path):
     assert (im[..., 0] == im[..., 1]).all()  # grey -> RGB
 
 
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16", "CMYK"])
+def test_load_image_converts_every_mode_to_rgb(tmp_path, rng, mode):
+    im = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("I;16", "CMYK") else "x.png")
+    im.save(path)
+    out = _load_image(path, S)
+    assert out.shape == (S, S, 3) and out.dtype == np.uint8
+
+
 def test_text_output_uses_run_names_and_gelu(tmp_path, rng, capsys):
     ckpt = write_run(tmp_path, rng)
     files = [write_image(tmp_path / "a.png", rng), write_image(tmp_path / "b.jpg", rng, (17, 40))]
