@@ -16,7 +16,8 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .configs import MODELS, ViTConfig, get_config
-from .model import ViT, count_params, init_params, param_shapes
+from .model import ViT
+from .params import count_params, init_params, param_shapes
 
 __version__ = "0.1.0"
 

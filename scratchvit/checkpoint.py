@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .configs import ViTConfig
-from .model import ATTN, MLP, POSEMB, check_params, param_shapes
+from .params import ATTN, MLP, POSEMB, check_finite, check_params, is_official_name, param_shapes
 
 # Linen / big_vision spelling of the sub-modules of an encoder block -> the official pre-Linen one.
 LINEN_BLOCK_NAMES = {
@@ -31,11 +31,34 @@ LINEN_BLOCK_NAMES = {
 _BLOCK_RE = re.compile(r"^Transformer/encoderblock_(\d+)/([^/]+)/(.*)$")
 
 
-def save_npz_atomic(path, arrays: dict) -> None:
-    """Write ``arrays`` (name -> array) to ``path`` as an uncompressed ``.npz``, atomically.
+def write_atomic(path, write) -> None:
+    """Create or replace the file ``path`` atomically: ``write(f)`` fills a temporary file (binary)
+    in the same folder, which is flushed to disk, given the usual permissions (0666 less the umask)
+    and renamed over ``path``. A crash leaves either the old file or the new one, never half a file.
 
-    The file is written to a temporary file in the same folder, flushed to disk, then renamed
-    over ``path``: a crash leaves either the old file or the new one, never half a file.
+    Raises:
+        OSError: the folder is missing or not writable; whatever ``write`` raises (no file is left).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_npz_atomic(path, arrays: dict) -> None:
+    """Write ``arrays`` (name -> array) to ``path`` as an uncompressed ``.npz``, atomically
+    (:func:`write_atomic`); missing folders are created.
 
     Raises:
         ValueError: ``path`` does not end in ".npz".
@@ -44,17 +67,7 @@ def save_npz_atomic(path, arrays: dict) -> None:
     if path.suffix != ".npz":
         raise ValueError(f"checkpoint path must end in .npz, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: to_numpy(v) for k, v in arrays.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: np.savez(f, **{k: to_numpy(v) for k, v in arrays.items()}))
 
 
 def save_checkpoint(path, params: dict, dtype="float32") -> None:
@@ -68,28 +81,20 @@ def save_checkpoint(path, params: dict, dtype="float32") -> None:
     Raises:
         ValueError: ``path`` does not end in ".npz", or a name is not an official ViT parameter name.
     """
-    bad = [k for k in params if not _is_canonical(k)]
+    bad = [k for k in params if not is_official_name(k)]
     if bad:
         raise ValueError(f"save_checkpoint: not official ViT parameter names: {bad[:5]}")
     arrays = {k: to_numpy(v) if dtype is None else to_numpy(v).astype(dtype) for k, v in params.items()}
     save_npz_atomic(path, arrays)
 
 
-def _is_canonical(name: str) -> bool:
-    if name in ("embedding/kernel", "embedding/bias", "cls", POSEMB, "Transformer/encoder_norm/scale",
-                "Transformer/encoder_norm/bias", "head/kernel", "head/bias", "pre_logits/kernel",
-                "pre_logits/bias"):
-        return True
-    m = _BLOCK_RE.match(name)
-    return bool(m) and m.group(2) in ("LayerNorm_0", ATTN, "LayerNorm_2", MLP)
-
-
 def read_npz(path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file, read eagerly, never unpickling.
+    """All arrays of an ``.npz`` file, read eagerly, never unpickling, all float values finite.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not an ``.npz`` name, or not a readable (e.g. truncated) ``.npz`` archive.
+        ValueError: not an ``.npz`` name, not a readable (e.g. truncated) ``.npz`` archive, or an array
+            holding NaN or infinite values (naming the file and the array, with the counts).
     """
     path = Path(path)
     if not path.exists():
@@ -98,9 +103,11 @@ def read_npz(path) -> dict[str, np.ndarray]:
         raise ValueError(f"checkpoint must be an .npz file, got {str(path)!r}")
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+            arrays = {k: f[k] for k in f.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
         raise ValueError(f"checkpoint {str(path)!r} is not a readable .npz archive (truncated or corrupt?): {e}") from e
+    check_finite(arrays, where=str(path))
+    return arrays
 
 
 def canonical_names(arrays: dict) -> dict:
@@ -114,7 +121,8 @@ def canonical_names(arrays: dict) -> dict:
     """
     if arrays and all(k.startswith("params/") for k in arrays):
         arrays = {k[len("params/"):]: v for k, v in arrays.items()}
-    linen_blocks = {m.group(1) for k in arrays if (m := _BLOCK_RE.match(k)) and m.group(2) == "MultiHeadDotProductAttention_0"}
+    linen_blocks = {m.group(1) for k in arrays
+                    if (m := _BLOCK_RE.match(k)) and m.group(2) == "MultiHeadDotProductAttention_0"}
     out = {}
     for k, v in arrays.items():
         m = _BLOCK_RE.match(k)
@@ -132,8 +140,8 @@ def canonical_names(arrays: dict) -> dict:
 
 
 def infer_config(params: dict) -> ViTConfig:
-    """The geometry a (canonically named) parameter dict describes (DESIGN.md, "A checkpoint
-    describes its own geometry").
+    """The geometry a (canonically named) parameter dict describes: a checkpoint holds no config,
+    its array shapes are the config (patch, width, heads, depth, MLP width, classes, pooling).
 
     Raises:
         ValueError: a missing key needed to infer it, a non-square patch or position grid,
@@ -206,7 +214,8 @@ def resize_posemb(posemb: np.ndarray, new_seq_len: int, classifier: str) -> np.n
     tok, grid = posemb[:, :n_tok], posemb[0, n_tok:]
     gs_old, gs_new = math.isqrt(len(grid)), math.isqrt(new_seq_len - n_tok)
     if gs_old ** 2 != len(grid) or gs_new ** 2 != new_seq_len - n_tok:
-        raise ValueError(f"position embedding: cannot resize {len(grid)} grid tokens to {new_seq_len - n_tok}: not square")
+        raise ValueError(
+            f"position embedding: cannot resize {len(grid)} grid tokens to {new_seq_len - n_tok}: not square")
     grid = resize_linear_align_corners(grid.reshape(gs_old, gs_old, -1), gs_new, gs_new)
     return np.concatenate([tok, grid.reshape(1, gs_new * gs_new, -1).astype(posemb.dtype)], axis=1)
 
@@ -227,7 +236,8 @@ def load_checkpoint(path, num_classes: int | None = None, image_size: int | None
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a readable ``.npz``; a missing, extra or mis-shaped parameter (naming the key
-            and both shapes); a non-square position grid; an image size that is not a multiple of the patch.
+            and both shapes); NaN or infinite values (naming the array); a non-square position grid;
+            an image size that is not a multiple of the patch.
     """
     params = canonical_names(read_npz(path))
     try:

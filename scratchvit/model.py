@@ -9,116 +9,16 @@ The forward pass reads as the paper's equations (Dosovitskiy et al., ICLR 2021, 
     logits = head(pre_logits(y))
 
 and the backward pass reads the same list bottom to top. Parameter names, shapes and
-initialisation follow the official ``vit_jax/models_vit.py``.
+initialisation (official ``vit_jax/models_vit.py``) live in :mod:`scratchvit.params`.
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
 from . import ops
 from .backend import check_dtype, module_for, to_device
+from .checkpoint import load_checkpoint
 from .configs import ViTConfig, get_config
-
-POSEMB = "Transformer/posembed_input/pos_embedding"
-ATTN = "MultiHeadDotProductAttention_1"
-MLP = "MlpBlock_3"
-ATTN_KEYS = [f"{n}/{leaf}" for n in ("query", "key", "value", "out") for leaf in ("kernel", "bias")]
-
-
-def block_prefix(i: int) -> str:
-    """Name prefix of encoder block ``i``: "Transformer/encoderblock_{i}/"."""
-    return f"Transformer/encoderblock_{i}/"
-
-
-def param_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter's official name and shape for ``config``, in the official order."""
-    c = config
-    P, D, H, hd, M = c.patch_size, c.hidden_size, c.num_heads, c.head_dim, c.mlp_dim
-    shapes = {"embedding/kernel": (P, P, 3, D), "embedding/bias": (D,)}
-    if c.classifier == "token":
-        shapes["cls"] = (1, 1, D)
-    shapes[POSEMB] = (1, c.seq_len, D)
-    for i in range(c.num_layers):
-        b = block_prefix(i)
-        shapes[b + "LayerNorm_0/scale"] = (D,)
-        shapes[b + "LayerNorm_0/bias"] = (D,)
-        for n in ("query", "key", "value"):
-            shapes[f"{b}{ATTN}/{n}/kernel"] = (D, H, hd)
-            shapes[f"{b}{ATTN}/{n}/bias"] = (H, hd)
-        shapes[f"{b}{ATTN}/out/kernel"] = (H, hd, D)
-        shapes[f"{b}{ATTN}/out/bias"] = (D,)
-        shapes[b + "LayerNorm_2/scale"] = (D,)
-        shapes[b + "LayerNorm_2/bias"] = (D,)
-        shapes[f"{b}{MLP}/Dense_0/kernel"] = (D, M)
-        shapes[f"{b}{MLP}/Dense_0/bias"] = (M,)
-        shapes[f"{b}{MLP}/Dense_1/kernel"] = (M, D)
-        shapes[f"{b}{MLP}/Dense_1/bias"] = (D,)
-    shapes["Transformer/encoder_norm/scale"] = (D,)
-    shapes["Transformer/encoder_norm/bias"] = (D,)
-    head_in = D
-    if c.representation_size is not None:
-        shapes["pre_logits/kernel"] = (D, c.representation_size)
-        shapes["pre_logits/bias"] = (c.representation_size,)
-        head_in = c.representation_size
-    shapes["head/kernel"] = (head_in, c.num_classes)
-    shapes["head/bias"] = (c.num_classes,)
-    return shapes
-
-
-def count_params(config: ViTConfig) -> int:
-    """Number of scalar parameters of ``config``."""
-    return sum(math.prod(s) for s in param_shapes(config).values())
-
-
-def _truncated_normal(rng, shape, std):
-    """Normal(0, std) truncated to +-2 std (resampling), as ``jax.random.truncated_normal`` scaled."""
-    out = rng.standard_normal(shape)
-    bad = np.abs(out) > 2.0
-    while bad.any():
-        out[bad] = rng.standard_normal(int(bad.sum()))
-        bad = np.abs(out) > 2.0
-    return out * std
-
-
-def init_params(config: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Fresh float64 NumPy parameters for ``config``, initialised as the official code does.
-
-    - patch embedding and pre-logits kernels: LeCun normal (Flax ``nn.Conv`` / ``nn.Dense`` default:
-      truncated normal, variance 1/fan_in), zero biases;
-    - attention and MLP kernels: Xavier uniform over (fan_in, fan_out) of the flattened kernel;
-    - MLP biases: normal(std 1e-6); attention biases: zeros;
-    - class token zeros; position embedding normal(std 0.02); layer norms scale 1, bias 0;
-    - head: zeros (``head_zero_init``).
-    """
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, shape in param_shapes(config).items():
-        leaf = name.rsplit("/", 1)[-1]
-        if name == POSEMB:
-            v = rng.normal(0.0, 0.02, shape)
-        elif name.startswith("head/") or name == "cls":
-            v = np.zeros(shape)
-        elif leaf == "scale":
-            v = np.ones(shape)
-        elif name in ("embedding/kernel", "pre_logits/kernel"):
-            fan_in = math.prod(shape[:-1])
-            # 0.8796... is the std of a unit normal truncated to +-2 (as in jax's variance_scaling).
-            v = _truncated_normal(rng, shape, math.sqrt(1.0 / fan_in) / 0.87962566103423978)
-        elif leaf == "kernel":  # attention (D, H, hd) / (H, hd, D), MLP (in, out)
-            if "/out/" in name:
-                fan_in, fan_out = shape[0] * shape[1], shape[2]
-            else:
-                fan_in, fan_out = shape[0], math.prod(shape[1:])
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
-            v = rng.uniform(-limit, limit, shape)
-        elif MLP in name:  # MLP biases
-            v = rng.normal(0.0, 1e-6, shape)
-        else:  # embedding/bias, attention biases, layer-norm biases, pre_logits/bias
-            v = np.zeros(shape)
-        params[name] = v
-    return params
+from .params import ATTN, ATTN_KEYS, MLP, POSEMB, block_prefix, check_params, init_params, param_shapes
+from .rollout import attention_weights
 
 
 class ViT:
@@ -151,14 +51,22 @@ class ViT:
 
     @classmethod
     def from_checkpoint(cls, path, num_classes: int | None = None, image_size: int | None = None,
-                        device: str = "cpu", dtype="float32") -> "ViT":
+                        device: str = "cpu", dtype="float32", gelu: str | None = None) -> "ViT":
         """Load an official ``.npz`` checkpoint (ViT-B_16.npz and friends, or one this package wrote).
 
-        See :func:`scratchvit.checkpoint.load_checkpoint` for the arguments and the errors raised.
-        """
-        from .checkpoint import load_checkpoint  # noqa: PLC0415  (checkpoint imports this module)
+        Args:
+            path, num_classes, image_size: as :func:`scratchvit.checkpoint.load_checkpoint`.
+            device, dtype: as the constructor.
+            gelu: "tanh" or "erf" to override the GELU form (a checkpoint does not record it; the
+                official Flax code uses "tanh", PyTorch/timm weights need "erf"); None keeps "tanh".
 
+        Raises:
+            FileNotFoundError, ValueError: see :func:`~scratchvit.checkpoint.load_checkpoint` (which
+                also refuses NaN or infinite values); ValueError for an unknown ``gelu``.
+        """
         config, params = load_checkpoint(path, num_classes=num_classes, image_size=image_size)
+        if gelu is not None:
+            config = config.replace(gelu=gelu)
         return cls(config, device=device, dtype=dtype, params=params)
 
     # ------------------------------------------------------------------ inputs
@@ -174,8 +82,13 @@ class ViT:
         return to_device(images, self.device, self.dtype)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, images, keep_cache: bool):
-        """Logits (B, K) and, if ``keep_cache``, the list of caches the backward needs."""
+    def _forward(self, images, keep_cache: bool, attn_inputs: list | None = None):
+        """Logits (B, K) and, if ``keep_cache``, the dict of caches :meth:`backward` consumes (else None).
+
+        The caches are keyed "embedding", each block's prefix, "encoder_norm", "pool",
+        ("pre_logits", "pre_logits_tanh",) "head"; :meth:`backward` pops the block entries as it goes.
+        ``attn_inputs``, if a list, receives each block's attention input LN(z_{l-1}) (B, N, D).
+        """
         c, p, xp = self.config, self.params, self.xp
         x = self._images(images)
         caches = {}
@@ -190,10 +103,14 @@ class ViT:
         # Eq. 2-3: L pre-norm encoder blocks; the residual stream x is updated in place.
         for i in range(c.num_layers):
             b = block_prefix(i)
+            # Eq. 2: z'_l = MSA(LN(z_{l-1})) + z_{l-1}
             h, ln0 = ops.layer_norm_forward(x, p[b + "LayerNorm_0/scale"], p[b + "LayerNorm_0/bias"])
+            if attn_inputs is not None:
+                attn_inputs.append(h.copy())
             attn_p = {k: p[f"{b}{ATTN}/{k}"] for k in ATTN_KEYS}
             h, attn = ops.attention_forward(h, attn_p)
             x += h
+            # Eq. 3: z_l = MLP(LN(z'_l)) + z'_l
             h, ln2 = ops.layer_norm_forward(x, p[b + "LayerNorm_2/scale"], p[b + "LayerNorm_2/bias"])
             h, fc0 = ops.dense_forward(h, p[f"{b}{MLP}/Dense_0/kernel"], p[f"{b}{MLP}/Dense_0/bias"])
             h, act = ops.gelu_forward(h, c.gelu)
@@ -212,30 +129,58 @@ class ViT:
         logits, caches["head"] = ops.dense_forward(x, p["head/kernel"], p["head/bias"])
         return logits, (caches if keep_cache else None)
 
-    def forward(self, images):
-        """Logits for a batch of images.
+    def forward(self, images, keep_cache: bool = False):
+        """Logits for a batch of images; with ``keep_cache`` also what :meth:`backward` needs.
 
         Args:
             images: (B, H, W, 3) float (any float dtype; cast to the model's), pixels in [-1, 1],
                 H = W = config.image_size. NumPy arrays are moved to the GPU when the model is there.
+            keep_cache: return ``(logits, caches)``, the caches a dict to pass once to
+                :meth:`backward` (which consumes it), for a training step of one's own.
 
         Returns:
-            (B, K) logits, on the model's device, in its dtype.
+            (B, K) logits, on the model's device, in its dtype; or ``(logits, caches)``.
 
         Raises:
             ValueError: images of the wrong rank, channel count or size.
         """
-        return self._forward(images, keep_cache=False)[0]
+        logits, caches = self._forward(images, keep_cache=keep_cache)
+        return (logits, caches) if keep_cache else logits
+
+    def attention_probabilities(self, images) -> list:
+        """Each block's attention probabilities softmax(q k^T / sqrt(head_dim)) (paper Eq. 2, Appendix A).
+
+        Args:
+            images: as :meth:`forward`.
+
+        Returns:
+            list over blocks (first to last) of (B, heads, N, N) arrays on the model's device, N the
+            number of tokens (class token first for the "token" classifier); rows sum to 1.
+            Input to :func:`scratchvit.rollout.attention_rollout`.
+
+        Raises:
+            ValueError: as :meth:`forward`.
+        """
+        inputs = []
+        self._forward(images, keep_cache=False, attn_inputs=inputs)
+        p = self.params
+        return [attention_weights(h, *(p[f"{block_prefix(i)}{ATTN}/{k}"] for k in
+                                       ("query/kernel", "query/bias", "key/kernel", "key/bias")))
+                for i, h in enumerate(inputs)]
 
     # ------------------------------------------------------------------ backward
     def backward(self, dlogits, caches, need_dinput: bool = False):
-        """Gradients of every parameter given dL/dlogits (B, K) and the caches of ``_forward``.
+        """Gradients of every parameter given dL/dlogits (B, K) and the caches of ``forward(keep_cache=True)``.
+
+        The equations of :meth:`_forward` read bottom to top (Eq. 4, then Eq. 3 and 2 per block, then
+        Eq. 1). The block entries of ``caches`` are popped (freed) as they are used: pass a cache once.
 
         Returns:
             dict with the same keys and shapes as ``params`` (and "images" when ``need_dinput``).
         """
         c, p = self.config, self.params
         g = {}
+        # Eq. 4 backward: head, optional tanh pre-logits, pooling, final layer norm.
         dx, g["head/kernel"], g["head/bias"] = ops.dense_backward(dlogits, caches["head"])
         if c.representation_size is not None:
             dx = ops.tanh_backward(dx, caches["pre_logits_tanh"])
@@ -244,22 +189,24 @@ class ViT:
         dx, g["Transformer/encoder_norm/scale"], g["Transformer/encoder_norm/bias"] = ops.layer_norm_backward(
             dx, caches["encoder_norm"])
 
+        # Eq. 3-2 backward: the blocks last to first.
         for i in reversed(range(c.num_layers)):
             b = block_prefix(i)
             ln0, attn, ln2, fc0, act, fc1 = caches.pop(b)
-            # x = x + MLP(LN_2(x)): the residual passes dx through, the branch adds its gradient.
+            # Eq. 3, x = x + MLP(LN_2(x)): the residual passes dx through, the branch adds its gradient.
             dh, g[f"{b}{MLP}/Dense_1/kernel"], g[f"{b}{MLP}/Dense_1/bias"] = ops.dense_backward(dx, fc1)
             dh = ops.gelu_backward(dh, act)
             dh, g[f"{b}{MLP}/Dense_0/kernel"], g[f"{b}{MLP}/Dense_0/bias"] = ops.dense_backward(dh, fc0)
             dh, g[b + "LayerNorm_2/scale"], g[b + "LayerNorm_2/bias"] = ops.layer_norm_backward(dh, ln2)
             dx += dh
-            # x = x + MSA(LN_0(x))
+            # Eq. 2, x = x + MSA(LN_0(x))
             dh, attn_g = ops.attention_backward(dx, attn)
             for k, v in attn_g.items():
                 g[f"{b}{ATTN}/{k}"] = v
             dh, g[b + "LayerNorm_0/scale"], g[b + "LayerNorm_0/bias"] = ops.layer_norm_backward(dh, ln0)
             dx += dh
 
+        # Eq. 1 backward: position embedding, class token, patch embedding.
         g[POSEMB] = dx.sum(axis=0, keepdims=True)
         if c.classifier == "token":
             g["cls"] = dx[:, :1].sum(axis=0, keepdims=True)
@@ -298,22 +245,3 @@ class ViT:
     def __repr__(self):
         return f"ViT({self.config}, device={self.device!r}, dtype={self.dtype.name!r}, params={self.num_params():,})"
 
-
-def check_params(params: dict, config: ViTConfig) -> None:
-    """Check that ``params`` has exactly the names and shapes ``config`` needs.
-
-    Raises:
-        ValueError: a missing or extra name, or a wrong shape (naming the key, the shape found and
-            the shape expected).
-    """
-    expected = param_shapes(config)
-    missing = [k for k in expected if k not in params]
-    extra = [k for k in params if k not in expected]
-    if missing:
-        raise ValueError(f"parameters missing for this geometry: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if extra:
-        raise ValueError(f"unexpected parameters for this geometry: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-    for k, shape in expected.items():
-        found = tuple(params[k].shape)
-        if found != shape:
-            raise ValueError(f"parameter {k!r} has shape {found}, expected {shape}")

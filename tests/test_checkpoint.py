@@ -6,7 +6,7 @@ import pytest
 
 import scratchvit as sv
 from scratchvit.checkpoint import LINEN_BLOCK_NAMES, resize_posemb
-from scratchvit.model import POSEMB
+from scratchvit.params import POSEMB
 
 scipy_ndimage = pytest.importorskip("scipy.ndimage")
 
@@ -183,3 +183,46 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         sv.save_checkpoint(path, small_model(num_classes=3).params)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        sv.save_checkpoint(tmp_path / "c.npz", small_model().params)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_non_finite_values_are_refused_naming_the_array(tmp_path):
+    p = {k: np.asarray(v) for k, v in small_model().params.items()}
+    p["head/kernel"] = p["head/kernel"].copy()
+    p["head/kernel"][0, :3] = np.nan
+    p["head/kernel"][1, 0] = -np.inf
+    np.savez(tmp_path / "nan.npz", **p)
+    with pytest.raises(ValueError, match=r"nan\.npz: head/kernel holds 3 NaN / 1 inf values"):
+        sv.ViT.from_checkpoint(tmp_path / "nan.npz")
+    with pytest.raises(ValueError, match="head/kernel holds 3 NaN"):
+        sv.load_checkpoint(tmp_path / "nan.npz")
+
+
+def test_gelu_override_at_load(tmp_path, rng):
+    m = small_model()
+    for k in m.params:
+        m.params[k] += rng.standard_normal(m.params[k].shape)
+    sv.save_checkpoint(tmp_path / "c.npz", m.params, dtype=None)
+    tanh = sv.ViT.from_checkpoint(tmp_path / "c.npz", dtype="float64")
+    erf = sv.ViT.from_checkpoint(tmp_path / "c.npz", dtype="float64", gelu="erf")
+    assert tanh.config.gelu == "tanh" and erf.config.gelu == "erf"
+    images = rng.uniform(-1, 1, (2, 32, 32, 3))
+    exact = sv.ViT(m.config.replace(gelu="erf"), params=m.params, dtype="float64")
+    np.testing.assert_array_equal(erf.forward(images), exact.forward(images))
+    assert np.abs(erf.forward(images) - tanh.forward(images)).max() > 1e-8  # the override takes effect
+    with pytest.raises(ValueError, match="gelu"):
+        sv.ViT.from_checkpoint(tmp_path / "c.npz", gelu="relu")
+
+
+def test_save_refuses_unofficial_names(tmp_path):
+    p = dict(small_model().params, **{"Transformer/encoderblock_0/Foo/kernel": np.zeros(3)})
+    with pytest.raises(ValueError, match="not official.*Foo"):
+        sv.save_checkpoint(tmp_path / "c.npz", p)

@@ -6,7 +6,7 @@ import pytest
 from gradcheck import numerical_grad, relative_error, sample_indices
 
 import scratchvit as sv
-from scratchvit.model import ATTN
+from scratchvit.params import ATTN, POSEMB
 
 TOL = 1e-6
 
@@ -92,7 +92,7 @@ def test_initialisation_follows_the_official_code():
     cfg = sv.get_config("ViT-S_16", image_size=64, num_classes=7)
     p = sv.ViT(cfg, seed=3, dtype="float64").params
     assert not p["cls"].any() and not p["head/kernel"].any() and not p["head/bias"].any()
-    assert abs(p[sv.model.POSEMB].std() - 0.02) < 0.002
+    assert abs(p[POSEMB].std() - 0.02) < 0.002
     k = p[f"Transformer/encoderblock_0/{ATTN}/query/kernel"]
     limit = np.sqrt(6 / (384 + 384))
     assert np.abs(k).max() <= limit and np.abs(k).max() > 0.95 * limit  # xavier uniform
@@ -163,3 +163,47 @@ def test_gpu_without_cupy_is_a_clear_error():
         pass
     with pytest.raises(RuntimeError, match="needs CuPy"):
         sv.ViT(sv.get_config("ViT-Ti_16", image_size=16, num_layers=1), device="gpu")
+
+
+def test_public_training_forward_matches_loss_and_grads(rng):
+    model = random_model(rng)
+    c = model.config
+    images = rng.uniform(-1, 1, (2, c.image_size, c.image_size, 3))
+    labels = np.array([1, 2])
+    logits, caches = model.forward(images, keep_cache=True)
+    np.testing.assert_array_equal(logits, model.forward(images))
+    assert isinstance(caches, dict) and "Transformer/encoderblock_0/" in caches
+    loss, ce = sv.ops.softmax_cross_entropy_forward(logits, labels)
+    grads = model.backward(sv.ops.softmax_cross_entropy_backward(ce), caches)
+    assert "Transformer/encoderblock_0/" not in caches  # backward consumes the block caches
+    loss2, grads2 = model.loss_and_grads(images, labels)
+    assert float(loss) == loss2
+    assert all(np.array_equal(grads[k], grads2[k]) for k in grads2)
+
+
+def test_schema_names_are_official():
+    from scratchvit.params import ATTN_KEYS, is_official_name
+    cfg = sv.get_config("ViT-B_16", representation_size=768)
+    names = sv.param_shapes(cfg)
+    assert all(is_official_name(k) for k in names)
+    assert sum(f"/{ATTN}/" in k for k in names) == len(ATTN_KEYS) * cfg.num_layers
+    assert not is_official_name("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")
+    assert not is_official_name("Transformer/encoderblock_x/LayerNorm_0/scale")
+
+
+def test_reference_generator_describes_the_committed_files():
+    """tests/reference/make_reference.py (needs vit_jax, not run here) writes the cases the tests read."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parent / "reference" / "make_reference.py"
+    spec = importlib.util.spec_from_file_location("make_reference", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, meta in mod.CASES.items():
+        with np.load(path.parent / f"{name}.npz") as f:
+            assert json.loads(str(f["meta"])) == meta
+            assert str(f["meta"]) == json.dumps(meta)
+            params = [k for k in f.files if k.startswith("params/")]
+            grads = [k for k in f.files if k.startswith("grads/")]
+            assert {k[len("params/"):] for k in params} == {k[len("grads/"):] for k in grads}
+            assert set(f.files) - set(params) - set(grads) == {"images", "labels", "logits", "loss", "meta"}

@@ -1,0 +1,197 @@
+"""Classify images with a trained or official checkpoint; optionally show where the model looks.
+
+    python -m scratchvit.predict --checkpoint runs/fashion-mnist/best.npz shirt.png boot.jpg
+    python -m scratchvit.predict --checkpoint ViT-B_16-imagenet.npz cat.jpg --top-k 3 --json
+    python -m scratchvit.predict --checkpoint best.npz shirt.png --attention-map where.png
+
+Class names come from ``--labels FILE`` (one name per line), else from the ``config.json`` the
+training run wrote next to the checkpoint, else the ImageNet-1k names for a 1000-class checkpoint,
+else "class K". ``config.json`` also gives the run's GELU form. Images are decoded with Pillow
+(RGB, EXIF orientation applied), the shorter side resized to round(S / 0.875) and centre-cropped
+to S = the model's image size (the standard evaluation crop), pixels scaled to (x - 127.5) / 127.5.
+
+Bad input (a missing or unreadable image or checkpoint, a labels file of the wrong length) prints
+one line on stderr and exits with code 2 before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .backend import get_xp, to_numpy
+from .model import ViT
+from .rollout import attention_rollout, overlay_panel, save_png_atomic
+
+CROP_RATIO = 0.875
+IMAGENET_LABELS = Path(__file__).resolve().parent / "labels" / "imagenet1k.txt"
+
+
+class InputError(Exception):
+    """Bad user input: reported as one line, exit code 2."""
+
+
+def _load_image(path, image_size: int) -> np.ndarray:
+    """(S, S, 3) uint8 RGB: EXIF-transposed, shorter side resized to round(S / 0.875), centre crop S."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            w, h = im.size
+            short = round(image_size / CROP_RATIO)
+            scale = short / min(w, h)
+            nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
+            im = im.resize((nw, nh), Image.BILINEAR)
+            left, top = (nw - image_size) // 2, (nh - image_size) // 2
+            return np.asarray(im.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
+    except FileNotFoundError as e:
+        raise InputError(f"image not found: {str(path)!r}") from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(f"cannot read image {str(path)!r}: {e}") from e
+
+
+def read_labels(path) -> list[str]:
+    """Class names from a text file, one per line (blank trailing lines ignored).
+
+    Raises:
+        InputError: the file is missing or unreadable.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise InputError(f"cannot read labels file {str(path)!r}: {e}") from e
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+def run_info(checkpoint) -> dict:
+    """The ``config.json`` a training run wrote next to ``checkpoint``, or {} when there is none.
+
+    Raises:
+        InputError: the file exists but is not valid JSON.
+    """
+    path = Path(checkpoint).parent / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {str(path)!r}: {e}") from e
+
+
+def class_names(num_classes: int, labels_file=None, info: dict | None = None) -> list[str]:
+    """Names of the ``num_classes`` classes: ``labels_file``, else the run's ``class_names``, else
+    ImageNet-1k names for 1000 classes, else "class 0", "class 1", ...
+
+    Raises:
+        InputError: a labels file or ``class_names`` whose length is not ``num_classes``.
+    """
+    if labels_file is not None:
+        names, source = read_labels(labels_file), str(labels_file)
+    elif info and info.get("class_names"):
+        names, source = list(info["class_names"]), "config.json"
+    elif num_classes == 1000:
+        names, source = read_labels(IMAGENET_LABELS), "ImageNet-1k names"
+    else:
+        return [f"class {i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise InputError(f"{source} names {len(names)} classes but the checkpoint has {num_classes}")
+    return names
+
+
+def softmax(logits) -> np.ndarray:
+    """Row softmax of (B, K) logits (NumPy or CuPy), computed on their device, returned as float64 NumPy."""
+    xp = get_xp(logits)
+    z = logits.astype(xp.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    return to_numpy(e / e.sum(axis=1, keepdims=True))
+
+
+def predict(model: ViT, images: np.ndarray, names: list[str], top_k: int = 5) -> list[list[dict]]:
+    """Top-k classes of each image.
+
+    Args:
+        model: the classifier.
+        images: (B, S, S, 3) uint8 RGB, S = model.config.image_size.
+        names: the K class names.
+        top_k: how many classes per image (at most K).
+
+    Returns:
+        per image, a list of {"class": int, "name": str, "probability": float}, most probable first.
+    """
+    x = (images.astype(np.float32) - 127.5) / 127.5
+    probs = softmax(model.forward(x))
+    k = min(top_k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[{"class": int(c), "name": names[c], "probability": float(p[c])} for c in row]
+            for row, p in zip(order, probs, strict=True)]
+
+
+def attention_map(model: ViT, images: np.ndarray) -> np.ndarray:
+    """One picture: per image a row with the input and its attention rollout overlaid (uint8 RGB)."""
+    x = (images.astype(np.float32) - 127.5) / 127.5
+    maps = attention_rollout(model.attention_probabilities(x), model.config.classifier)
+    rows = [overlay_panel(im, m) for im, m in zip(images, maps, strict=True)]
+    gap = np.full((8, rows[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([part for row in rows for part in (gap, row)][1:], axis=0)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m scratchvit.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    p.add_argument("--checkpoint", required=True, help="an .npz checkpoint (official layout)")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default: 5)")
+    p.add_argument("--labels", help="class names, one per line (default: the run's config.json, "
+                                    "ImageNet-1k names for 1000 classes, else 'class K')")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="default: cpu")
+    p.add_argument("--attention-map", metavar="OUT.png",
+                   help="write the attention rollout of every image, overlaid on it, to this PNG")
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.attention_map is not None and not args.attention_map.lower().endswith(".png"):
+        p.error(f"--attention-map must name a .png file, got {args.attention_map!r}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        info = run_info(args.checkpoint)
+        gelu = info.get("settings", {}).get("gelu") or info.get("model_config", {}).get("gelu")
+        try:
+            model = ViT.from_checkpoint(args.checkpoint, device=args.device, gelu=gelu)
+        except (FileNotFoundError, ValueError) as e:
+            raise InputError(str(e)) from e
+        names = class_names(model.config.num_classes, args.labels, info)
+        images = np.stack([_load_image(f, model.config.image_size) for f in args.images])
+        if args.attention_map is not None and not Path(args.attention_map).resolve().parent.is_dir():
+            raise InputError(f"folder of --attention-map does not exist: {args.attention_map!r}")
+    except InputError as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        return 2
+    results = predict(model, images, names, args.top_k)
+    if args.attention_map is not None:
+        save_png_atomic(args.attention_map, attention_map(model, images))
+    if args.json:
+        doc = {"checkpoint": str(args.checkpoint), "attention_map": args.attention_map,
+               "predictions": [{"image": f, "top_k": r} for f, r in zip(args.images, results, strict=True)]}
+        print(json.dumps(doc, indent=2))
+    else:
+        for f, r in zip(args.images, results, strict=True):
+            print(f)
+            for rank, c in enumerate(r, 1):
+                print(f"  {rank}. {100 * c['probability']:6.2f}%  {c['name']} ({c['class']})")
+        if args.attention_map is not None:
+            print(f"attention map: {args.attention_map}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""python -m scratchvit.predict: preprocessing, class names, text/JSON output, attention maps, bad input."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import scratchvit as sv
+from scratchvit import predict
+from scratchvit.predict import _load_image, main
+
+S = 16
+
+
+def write_run(tmp_path, rng, num_classes=3, names=("cat", "dog", "bird"), gelu="erf", config_json=True):
+    """A checkpoint with random parameters and, optionally, the config.json a training run writes."""
+    cfg = sv.get_config("ViT-Ti_16", image_size=S, patch_size=4, hidden_size=8, num_layers=2, num_heads=2,
+                        mlp_dim=12, num_classes=num_classes)
+    params = {k: rng.standard_normal(s) * 0.5 for k, s in sv.param_shapes(cfg).items()}
+    ckpt = tmp_path / "run" / "best.npz"
+    sv.save_checkpoint(ckpt, params)
+    if config_json:
+        (tmp_path / "run" / "config.json").write_text(json.dumps(
+            {"settings": {"gelu": gelu}, "model_config": cfg.to_dict(), "class_names": list(names)}))
+    return ckpt
+
+
+def write_image(path, rng, size=(30, 20)):
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_load_image_resizes_shorter_side_and_centre_crops(tmp_path):
+    # 40 x 20 px: left quarter red, the rest blue. Shorter side 20 -> round(16 / 0.875) = 18, width 36;
+    # the centre 16 x 16 crop starts at column 10 of 36, i.e. at 5.6 of the original 40: all blue.
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, :10, 0] = 255
+    a[:, 10:, 2] = 255
+    Image.fromarray(a).save(tmp_path / "wide.png")
+    im = _load_image(tmp_path / "wide.png", S)
+    assert im.shape == (S, S, 3) and im.dtype == np.uint8
+    assert (im[:, 4:, 2] > 250).all() and (im[:, 4:, 0] < 5).all()
+    # A grey image with EXIF orientation 6 (rotate 90 degrees clockwise): the top row moves to the right.
+    g = np.zeros((20, 40), np.uint8)
+    g[:4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(g).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    im = _load_image(tmp_path / "rot.jpg", S).astype(int)
+    assert im[:, -1].mean() > 200 and im[:, 0].mean() < 50
+    assert (im[..., 0] == im[..., 1]).all()  # grey -> RGB
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16", "CMYK"])
+def test_load_image_converts_every_mode_to_rgb(tmp_path, rng, mode):
+    im = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("I;16", "CMYK") else "x.png")
+    im.save(path)
+    out = _load_image(path, S)
+    assert out.shape == (S, S, 3) and out.dtype == np.uint8
+
+
+def test_text_output_uses_run_names_and_gelu(tmp_path, rng, capsys):
+    ckpt = write_run(tmp_path, rng)
+    files = [write_image(tmp_path / "a.png", rng), write_image(tmp_path / "b.jpg", rng, (17, 40))]
+    assert main(["--checkpoint", str(ckpt), "--top-k", "2", *files]) == 0
+    out = capsys.readouterr().out.splitlines()
+    model = sv.ViT.from_checkpoint(ckpt, gelu="erf")
+    x = (np.stack([_load_image(f, S) for f in files]).astype(np.float32) - 127.5) / 127.5
+    probs = predict.softmax(model.forward(x))
+    names = ["cat", "dog", "bird"]
+    assert out[0] == files[0] and out[3] == files[1] and len(out) == 6
+    for i, lines in enumerate((out[1:3], out[4:6])):
+        order = np.argsort(-probs[i])
+        for rank, line in enumerate(lines):
+            c = order[rank]
+            assert line.split() == [f"{rank + 1}.", f"{100 * probs[i, c]:.2f}%", names[c], f"({c})"]
+
+
+def test_json_output_and_labels_file(tmp_path, rng, capsys):
+    ckpt = write_run(tmp_path, rng)
+    (tmp_path / "names.txt").write_text("red\ngreen\nblue\n")
+    f = write_image(tmp_path / "a.png", rng)
+    assert main(["--checkpoint", str(ckpt), "--labels", str(tmp_path / "names.txt"), "--json", f]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    top = doc["predictions"][0]["top_k"]
+    assert doc["predictions"][0]["image"] == f and len(top) == 3  # top-k capped at K
+    assert {t["name"] for t in top} == {"red", "green", "blue"}
+    assert abs(sum(t["probability"] for t in top) - 1) < 1e-9
+    assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+
+
+def test_imagenet_names_for_1000_classes_and_fallback_names(tmp_path, rng, capsys):
+    ckpt = write_run(tmp_path, rng, num_classes=1000, config_json=False)
+    f = write_image(tmp_path / "a.png", rng)
+    assert main(["--checkpoint", str(ckpt), "--top-k", "1", "--json", f]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]["top_k"][0]
+    names = predict.IMAGENET_LABELS.read_text().splitlines()
+    assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"
+    assert top["name"] == names[top["class"]]
+    ckpt = write_run(tmp_path / "x", rng, num_classes=4, config_json=False)
+    assert main(["--checkpoint", str(ckpt), "--top-k", "1", "--json", f]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]["top_k"][0]
+    assert top["name"] == f"class {top['class']}"
+
+
+def test_attention_map_png(tmp_path, rng, capsys):
+    ckpt = write_run(tmp_path, rng)
+    files = [write_image(tmp_path / f"{i}.png", rng) for i in range(2)]
+    out = tmp_path / "map.png"
+    assert main(["--checkpoint", str(ckpt), "--attention-map", str(out), *files]) == 0
+    assert f"attention map: {out}" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size == (2 * 224 + 8, 2 * 224 + 8) and im.mode == "RGB"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".png", ".tmp")) == ["0.png", "1.png", "map.png"]
+
+
+@pytest.mark.parametrize("case", ["missing image", "unreadable image", "missing checkpoint", "nan checkpoint",
+                                  "labels count", "config names count"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, rng, capsys, case):
+    ckpt = write_run(tmp_path, rng)
+    good = write_image(tmp_path / "a.png", rng)
+    args = ["--checkpoint", str(ckpt), "--attention-map", str(tmp_path / "map.png")]
+    if case == "missing image":
+        args += [good, str(tmp_path / "nope.png")]
+        want = "image not found"
+    elif case == "unreadable image":
+        (tmp_path / "bad.png").write_text("not an image")
+        args += [good, str(tmp_path / "bad.png")]
+        want = "cannot read image"
+    elif case == "missing checkpoint":
+        args = ["--checkpoint", str(tmp_path / "none.npz"), good]
+        want = "checkpoint not found"
+    elif case == "nan checkpoint":
+        p = dict(np.load(ckpt))
+        p["head/bias"] = p["head/bias"].copy()
+        p["head/bias"][1] = np.nan
+        np.savez(ckpt, **p)
+        args += [good]
+        want = "head/bias holds 1 NaN"
+    elif case == "labels count":
+        (tmp_path / "names.txt").write_text("a\nb\n")
+        args += ["--labels", str(tmp_path / "names.txt"), good]
+        want = "names 2 classes but the checkpoint has 3"
+    else:
+        ckpt = write_run(tmp_path, rng, names=("x", "y"))
+        args += [good]
+        want = "config.json names 2 classes"
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("predict: error: ") and want in err[0]
+    assert not (tmp_path / "map.png").exists()
+
+
+def test_command_line_errors(tmp_path, rng):
+    ckpt = write_run(tmp_path, rng)
+    f = write_image(tmp_path / "a.png", rng)
+    for extra in (["--top-k", "0"], ["--attention-map", str(tmp_path / "m.jpg")]):
+        with pytest.raises(SystemExit) as e:
+            main(["--checkpoint", str(ckpt), *extra, f])
+        assert e.value.code == 2
+
+
+@pytest.mark.gpu
+def test_predict_on_gpu_matches_cpu(tmp_path, rng, capsys):
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: GPU tests need it and a CUDA GPU")
+    if cupy.cuda.runtime.getDeviceCount() < 1:
+        pytest.skip("no CUDA GPU visible to CuPy")
+    ckpt = write_run(tmp_path, rng)
+    f = write_image(tmp_path / "a.png", rng)
+    docs = []
+    for device in ("cpu", "gpu"):
+        assert main(["--checkpoint", str(ckpt), "--json", "--device", device, f]) == 0
+        docs.append(json.loads(capsys.readouterr().out)["predictions"][0]["top_k"])
+    assert [t["class"] for t in docs[0]] == [t["class"] for t in docs[1]]
+    np.testing.assert_allclose([t["probability"] for t in docs[0]], [t["probability"] for t in docs[1]], atol=1e-5)
