@@ -5,16 +5,9 @@ import tarfile
 
 import numpy as np
 import pytest
-from data_helpers import (
-    make_cifar10,
-    make_cifar100,
-    write_tar_gz,
-)
+from data_helpers import make_cifar10, make_cifar100, write_tar_gz
 
-from scratchvit.data import (
-    Dataset,
-    load_dataset,
-)
+from scratchvit.data import Dataset, load_dataset
 
 pytestmark = pytest.mark.usefixtures("isolated_data")
 

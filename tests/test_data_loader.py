@@ -6,16 +6,9 @@ import time
 
 import numpy as np
 import pytest
-from data_helpers import (
-    take,
-    toy,
-)
+from data_helpers import take, toy
 
-from scratchvit.data import (
-    Batches,
-    to_float,
-    to_model_input,
-)
+from scratchvit.data import Batches, to_float, to_model_input
 
 pytestmark = pytest.mark.usefixtures("isolated_data")
 

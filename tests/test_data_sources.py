@@ -3,20 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from data_helpers import (
-    FakeResponse,
-    file_md5,
-    make_cifar10,
-)
+from data_helpers import FakeResponse, file_md5, make_cifar10
 
-from scratchvit.data import (
-    DATASETS,
-    cifar,
-    download_url,
-    load_dataset,
-    sources,
-    split_train_val,
-)
+from scratchvit.data import DATASETS, cifar, download_url, load_dataset, sources, split_train_val
 
 pytestmark = pytest.mark.usefixtures("isolated_data")
 
@@ -107,3 +96,14 @@ def test_split_train_val_sizes_disjoint_deterministic():
     with pytest.raises(ValueError, match="differ in length"):
         split_train_val(images, labels[:5])
 
+
+
+def test_check_positive_int_is_the_one_argument_check():
+    from scratchvit.data.checks import check_positive_int
+
+    assert check_positive_int("batch_size", np.int64(3)) == 3 and check_positive_int("start_step", 0, 0) == 0
+    for bad in (0, -1, 2.0, True, "4", None):
+        with pytest.raises(ValueError, match=r"image_size must be a positive int \(pixels\), got"):
+            check_positive_int("image_size", bad, unit="pixels")
+    with pytest.raises(ValueError, match=r"start_step must be an int >= 0, got -1"):
+        check_positive_int("start_step", -1, 0)

@@ -5,12 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchvit.data import (
-    inception_crop,
-    random_flip,
-    to_float,
-    to_model_input,
-)
+from scratchvit.data import inception_crop, random_flip, to_float, to_model_input
 from scratchvit.data import transforms as T
 
 pytestmark = pytest.mark.usefixtures("isolated_data")
