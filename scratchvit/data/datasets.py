@@ -89,8 +89,9 @@ def load_dataset(name: str, data_dir=None, download: bool = True, image_size: in
         image_size: the model's input side in pixels; required for ``imagefolder`` (the CLI's
             ``--image-size``), whose images ``Batches`` decodes to that size; the in-memory
             datasets keep their native size (Batches resizes them) and only check it.
-        skip_bad_images: ``imagefolder``: recorded on nothing here (listing reads no pixels);
-            give the same flag to ``Batches``, which decodes.
+        skip_bad_images: ``imagefolder``: accepted so that one flag serves both calls; listing
+            reads no pixels, so it changes nothing here. ``Batches(skip_bad_images=...)``, which
+            decodes, is where unreadable files are skipped and counted.
         log: callable taking one progress line; default prints to stderr.
 
     Returns:

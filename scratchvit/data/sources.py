@@ -37,6 +37,14 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "data"
 
 
+def _publish(tmp: Path, dest: Path) -> None:
+    """Rename a finished temporary file onto ``dest``, readable by all (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, dest)
+
+
 def download_url(url: str, dest, md5: str | None = None, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` with a tqdm progress bar, checking the MD5.
 
@@ -76,7 +84,7 @@ def download_url(url: str, dest, md5: str | None = None, timeout: float = 60.0) 
             raise ValueError(f"MD5 mismatch for {dest.name} downloaded from {url}: got {h.hexdigest()}, "
                              f"expected {md5}; the download is corrupt or the file changed, "
                              f"nothing was written to {dest}")
-        os.replace(tmp, dest)
+        _publish(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
@@ -107,7 +115,7 @@ def copy_atomic(src: Path, dest: Path) -> Path:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp_name)
-        os.replace(tmp_name, dest)
+        _publish(Path(tmp_name), dest)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
     return dest
