@@ -84,8 +84,14 @@ def test_every_mode_decodes_to_rgb(tmp_path):
         "sixteen.png": (Image.fromarray(np.full((20, 20), 100 * 256, np.uint16)), (100, 100, 100)),
         "cmyk.jpg": (Image.new("CMYK", (20, 20), (0, 0, 0, 0)), (255, 255, 255)),
     }
+    keyed = Image.new("P", (20, 20), 1)
+    keyed.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    keyed.save(tmp_path / "keyed.gif", transparency=1)  # palette index 1 is transparent -> white
+    keyed.save(tmp_path / "keyed.png", transparency=1)
+    cases["keyed.gif"] = cases["keyed.png"] = (None, (255, 255, 255))
     for name, (im, colour) in cases.items():
-        im.save(tmp_path / name)
+        if im is not None:
+            im.save(tmp_path / name)
         out = load_image(tmp_path / name, 8)
         assert out.shape == (8, 8, 3) and out.dtype == np.uint8, name
         assert np.abs(out.astype(int) - colour).max() <= 3, (name, out[0, 0])
