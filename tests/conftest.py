@@ -26,3 +26,16 @@ def reference_case(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def isolated_data(tmp_path, monkeypatch):
+    """For the data tests: an empty cache, no system copies, no apt-get, no network."""
+    from data_helpers import no_network  # noqa: PLC0415
+
+    from scratchvit.data import idx, sources  # noqa: PLC0415
+
+    monkeypatch.setenv("SCRATCHVIT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setitem(idx.SYSTEM_DIRS, "fashion-mnist", [])
+    monkeypatch.setattr(idx, "APT_PACKAGES", {})
+    monkeypatch.setattr(sources, "_urlopen", no_network)

@@ -5,6 +5,11 @@ Training batches are a pure function of ``(seed, step)``: epoch ``e``'s order is
 of epoch ``e = s // steps_per_epoch``, and its augmentation draws come from
 ``np.random.default_rng([seed, e, s])`` in a fixed order in one thread. A run stopped and
 resumed with ``start_step=s`` therefore sees bit-identical batches, whatever ``workers`` is.
+
+Image files (:class:`ImageFiles`) are decoded per batch on the worker threads (Pillow releases
+the GIL while decoding and resizing). Their augmentation draws come from one generator per
+image, ``np.random.default_rng([seed, e, s, i])`` for slot ``i`` of the batch, so the result
+depends neither on the number of workers nor on the order the workers finish in.
 """
 from __future__ import annotations
 
@@ -14,6 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .checks import check_positive_int
+from .imagefolder import ImageFiles
+from .images import BadImage, load_image, train_image
+from .sources import default_log
 from .transforms import AUGMENTS, augment_batch, resize_batch, to_float
 
 _END = object()  # end of an evaluation pass
@@ -53,7 +62,17 @@ class Batches:
       (the last ``N % batch_size`` images of each epoch's order are dropped), augmented with
       ``augment``.
     - ``train=False``: one pass over the images in order, steps from 0, the last partial batch
-      kept, plain resize (``augment`` is ignored).
+      kept, plain resize (``augment`` is ignored); for image files the evaluation view
+      (shorter side to ``round(image_size / 0.875)``, centre crop, ``images.load_image``).
+
+    Image files (``ImageFiles``) are decoded per batch on the workers: training uses
+    ``images.train_image`` (the Inception crop for "inception"; a resize of the whole image to
+    ``image_size`` for "flip", "crop-flip" and "none", then their flips / pad-crops).
+    An unreadable file raises a ``ValueError`` naming it, or, with ``skip_bad_images``, is
+    left out of its batch (the batch is one image shorter; the same file is left out each
+    time it comes up), counted in :attr:`skipped` and reported with one ``log`` line. A
+    training batch whose every file is unreadable is an error; such an evaluation batch is
+    not yielded.
 
     Each ``for`` loop starts a fresh producer thread at the first step; leaving the loop
     (``break``, exception, end of pass) or :meth:`close` stops it. Per-image Pillow work
@@ -62,7 +81,7 @@ class Batches:
     Usable as a context manager (``with Batches(...) as b:``), which closes on exit.
 
     Args:
-        images: uint8 ``(N, H, W, 3)``.
+        images: uint8 ``(N, H, W, 3)``, or ``ImageFiles`` of N paths.
         labels: integer ``(N,)``.
         batch_size: images per batch (>= 1; <= N for training).
         image_size: side of the model's square input, pixels.
@@ -74,27 +93,32 @@ class Batches:
         prefetch: batches prepared ahead (queue size, >= 1).
         workers: threads for per-image work (>= 1; 1 runs it in the producer thread).
         crop_min_area: smallest Inception crop area, fraction of the image, in (0, 1].
+        skip_bad_images: image files only: leave unreadable files out instead of raising.
+        log: callable taking one line (skipped files); default prints to stderr.
 
     Raises:
         ValueError: for any argument outside the limits above.
 
     Attributes:
         steps_per_epoch: ``N // batch_size`` for training, ``ceil(N / batch_size)`` for evaluation.
+        skipped: unreadable files left out so far (each time one comes up, in batches built
+            so far, which includes up to ``prefetch`` batches not yet consumed).
     """
 
     def __init__(self, images, labels, batch_size: int, image_size: int, train: bool = True,
                  augment: str = "inception", seed: int = 0, start_step: int = 0, prefetch: int = 2,
-                 workers: int = 2, crop_min_area: float = 0.05):
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+                 workers: int = 2, crop_min_area: float = 0.05, skip_bad_images: bool = False, log=None):
+        self.files = isinstance(images, ImageFiles)
+        if not self.files and (not isinstance(images, np.ndarray) or images.dtype != np.uint8
+                               or images.ndim != 4 or images.shape[3] != 3):
             desc = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-            raise ValueError(f"images must be a uint8 array (N, H, W, 3), got {desc}")
+            raise ValueError(f"images must be a uint8 array (N, H, W, 3) or ImageFiles, got {desc}")
         labels = np.asarray(labels)
         if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"labels must be integers of shape ({len(images)},), got {labels.dtype} {labels.shape}")
         for arg, value, low in (("batch_size", batch_size, 1), ("image_size", image_size, 1),
                                 ("prefetch", prefetch, 1), ("workers", workers, 1), ("start_step", start_step, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+            check_positive_int(arg, value, low)
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         if not 0.0 < crop_min_area <= 1.0:
@@ -112,6 +136,8 @@ class Batches:
         self.prefetch, self.workers, self.crop_min_area = int(prefetch), int(workers), float(crop_min_area)
         n = len(images)
         self.steps_per_epoch = n // self.batch_size if self.train else -(-n // self.batch_size)
+        self.skip_bad_images, self.skipped = bool(skip_bad_images), 0
+        self.log = default_log if log is None else log
         self._epoch_cache = (None, None)  # (epoch, permutation)
         self._pool = None
         self._stop = None
@@ -139,6 +165,8 @@ class Batches:
             ``(x, y)``: float32 ``(B, image_size, image_size, 3)`` in [-1, 1], int64 ``(B,)``.
         """
         idx = self.indices(step)
+        if self.files:
+            return self._file_batch(step, idx, map_fn)
         images = self.images[idx] if self.train else self.images[idx[0]:idx[-1] + 1]
         if self.train and self.augment != "none":
             epoch = step // self.steps_per_epoch
@@ -147,6 +175,35 @@ class Batches:
         else:  # fast path when the size matches: no copy, one vectorised conversion
             images = resize_batch(images, self.image_size, map_fn)
         return to_float(images), self.labels[idx]
+
+    def _file_batch(self, step: int, idx: np.ndarray, map_fn) -> tuple[np.ndarray, np.ndarray]:
+        """Decode the files of ``step``'s batch (``make_batch`` for ImageFiles); bad files skipped or raised."""
+        paths, size = self.images.paths[idx], self.image_size
+        epoch = step // self.steps_per_epoch if self.train else 0
+
+        def one(slot):
+            try:
+                if not self.train:
+                    return load_image(paths[slot], size)
+                rng = np.random.default_rng([self.seed, epoch, step, slot])
+                return train_image(paths[slot], size, self.augment, rng, self.crop_min_area)
+            except BadImage as e:
+                if not self.skip_bad_images:
+                    raise
+                return e
+
+        results = list(map_fn(one, range(len(paths))))
+        keep = np.array([not isinstance(r, BadImage) for r in results], bool)
+        for r in results:
+            if isinstance(r, BadImage):
+                self.skipped += 1
+                self.log(f"skipping an unreadable image ({self.skipped} skipped so far): {r}")
+        if self.train and not keep.any():
+            raise ValueError(f"every image of training step {step} is unreadable, e.g. {results[0]}")
+        x = np.empty((int(keep.sum()), size, size, 3), np.uint8)
+        for i, r in enumerate(r for r in results if not isinstance(r, BadImage)):
+            x[i] = r
+        return to_float(x), self.labels[idx][keep]
 
     # ---------------------------------------------------------------------------- threading
 
@@ -174,6 +231,8 @@ class Batches:
                 if stop.is_set():
                     return
                 x, y = self.make_batch(step, map_fn)
+                if len(y) == 0:  # an evaluation batch of unreadable files only
+                    continue
                 if not put((step, x, y)):
                     return
             put(_END)

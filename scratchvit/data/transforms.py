@@ -16,6 +16,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from .checks import check_positive_int
+
 AUGMENTS = ("inception", "flip", "crop-flip", "none")
 
 
@@ -35,11 +37,6 @@ def _check_batch(images, what="images"):
         raise ValueError(f"{what} must be a uint8 array of shape (B, H, W, 3), got {_describe(images)}")
 
 
-def _check_size(size, what="size"):
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"{what} must be a positive int (pixels), got {size!r}")
-
-
 def resize(image: np.ndarray, size: int) -> np.ndarray:
     """Resize one image to ``size x size`` pixels with Pillow's bilinear filter.
 
@@ -54,7 +51,7 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
         ValueError: ``image`` is not a non-empty uint8 ``(H, W, 3)`` array, or ``size`` < 1.
     """
     _check_image(image)
-    _check_size(size)
+    check_positive_int("size", size, unit="pixels")
     if image.shape[0] == size and image.shape[1] == size:
         return image
     pil = Image.fromarray(np.ascontiguousarray(image))
@@ -77,7 +74,7 @@ def resize_batch(images: np.ndarray, size: int, map_fn=map) -> np.ndarray:
         ValueError: ``images`` is not a uint8 ``(B, H, W, 3)`` array, or ``size`` < 1.
     """
     _check_batch(images)
-    _check_size(size)
+    check_positive_int("size", size, unit="pixels")
     if images.shape[1] == size and images.shape[2] == size:
         return images
     out = np.empty((len(images), size, size, 3), np.uint8)
@@ -149,16 +146,15 @@ def sample_inception_box(height: int, width: int, rng: np.random.Generator,
     Raises:
         ValueError: a size < 1 or a range outside the limits above.
     """
-    _check_size(height, "height")
-    _check_size(width, "width")
+    check_positive_int("height", height, unit="pixels")
+    check_positive_int("width", width, unit="pixels")
     lo_area, hi_area = (float(a) for a in area_range)
     lo_ar, hi_ar = (float(a) for a in aspect_range)
     if not 0.0 < lo_area <= hi_area <= 1.0:
         raise ValueError(f"area_range must satisfy 0 < min <= max <= 1, got {tuple(area_range)}")
     if not 0.0 < lo_ar <= hi_ar:
         raise ValueError(f"aspect_range must satisfy 0 < min <= max, got {tuple(aspect_range)}")
-    if max_attempts < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    check_positive_int("max_attempts", max_attempts)
     min_area = lo_area * width * height
     max_area = hi_area * width * height
     for _ in range(max_attempts):
@@ -298,7 +294,7 @@ def augment_batch(images: np.ndarray, image_size: int, augment: str, rng: np.ran
         ValueError: unknown ``augment``, bad ``images``, ``image_size`` or ``crop_min_area``.
     """
     _check_batch(images)
-    _check_size(image_size, "image_size")
+    check_positive_int("image_size", image_size, unit="pixels")
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     b, height, width, _ = images.shape
