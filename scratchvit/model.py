@@ -151,14 +151,17 @@ class ViT:
 
     @classmethod
     def from_checkpoint(cls, path, num_classes: int | None = None, image_size: int | None = None,
-                        device: str = "cpu", dtype="float32") -> "ViT":
+                        device: str = "cpu", dtype="float32", gelu: str | None = None) -> "ViT":
         """Load an official ``.npz`` checkpoint (ViT-B_16.npz and friends, or one this package wrote).
 
-        See :func:`scratchvit.checkpoint.load_checkpoint` for the arguments and the errors raised.
+        ``gelu``: "tanh" or "erf" to override the GELU form (None: the config's). See
+        :func:`scratchvit.checkpoint.load_checkpoint` for the other arguments and the errors raised.
         """
         from .checkpoint import load_checkpoint  # noqa: PLC0415  (checkpoint imports this module)
 
         config, params = load_checkpoint(path, num_classes=num_classes, image_size=image_size)
+        if gelu is not None:
+            config = config.replace(gelu=gelu)
         return cls(config, device=device, dtype=dtype, params=params)
 
     # ------------------------------------------------------------------ inputs

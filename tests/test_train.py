@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import scratchvit as sv
-from scratchvit import evaluate, train
+from scratchvit import evaluate, optim, settings, train
 from scratchvit.data import datasets as D
 
 TINY = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
@@ -74,7 +74,7 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "10", "--accum-steps", "2", "--augment", "crop-flip")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
 
-    real = train.accumulate_gradient
+    real = optim.accumulate_gradient
     calls = {"n": 0}
 
     def interrupt_at_step_7(*a, **k):
@@ -83,9 +83,9 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(train, "accumulate_gradient", interrupt_at_step_7)
+    monkeypatch.setattr(optim, "accumulate_gradient", interrupt_at_step_7)
     assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
-    monkeypatch.setattr(train, "accumulate_gradient", real)
+    monkeypatch.setattr(optim, "accumulate_gradient", real)
     with np.load(tmp_path / "stopped" / "state.npz") as st:
         assert int(st["step"]) == 6
     assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
@@ -201,7 +201,7 @@ def test_accumulate_gradient_equals_one_big_batch(rng):
         model.params[k] += rng.standard_normal(model.params[k].shape) * 0.1
     images, labels = rng.uniform(-1, 1, (8, 16, 16, 3)), rng.integers(0, 5, 8)
     loss, big = model.loss_and_grads(images, labels)
-    loss4, acc = train.accumulate_gradient(model, images, labels, 4)
+    loss4, acc = optim.accumulate_gradient(model, images, labels, 4)
     assert loss4 == pytest.approx(loss, rel=1e-12)
     for k in big:
         np.testing.assert_allclose(acc[k], big[k], rtol=1e-9, atol=1e-15)
@@ -220,12 +220,10 @@ def test_help_explains_every_flag(capsys):
 
 @pytest.mark.parametrize("preset", ["fashion-mnist", "cifar10-finetune"])
 def test_presets_load_and_validate(preset):
-    s = train.resolve_settings(["--config", preset])
-    assert s["dataset"] in ("fashion-mnist", "cifar10")
-    config = sv.get_config(s["model"], image_size=s["image_size"], patch_size=s["patch_size"],
-                           hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_heads=s["num_heads"],
-                           mlp_dim=s["mlp_dim"], classifier=s["classifier"], num_classes=10)
+    s, resume = settings.resolve_settings(["--config", preset])
+    assert s.dataset in ("fashion-mnist", "cifar10") and not resume
+    config = train.model_config(s, num_classes=10)
     assert config.image_size % config.patch_size == 0
-    if preset == "cifar10-finetune":  # the paper's recipe (DESIGN.md)
-        assert (s["optimizer"], s["lr"], s["momentum"], s["weight_decay"], s["batch_size"], s["grad_clip"],
-                s["warmup_steps"], s["steps"], s["schedule"]) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
+    if preset == "cifar10-finetune":  # the paper's recipe, Appendix B.1.1
+        assert (s.optimizer, s.lr, s.momentum, s.weight_decay, s.batch_size, s.grad_clip,
+                s.warmup_steps, s.steps, s.schedule) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
