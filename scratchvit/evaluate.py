@@ -99,11 +99,12 @@ def format_report(dataset_name, class_names, result, cm) -> str:
     width = max(len(n) for n in class_names)
     lines = [f"{dataset_name}: accuracy {100 * result['accuracy']:.2f}% on {cm.sum()} images, "
              f"loss {result['loss']:.4f}", "", "per-class accuracy:"]
-    lines += [f"  {n:<{width}}  {100 * a:6.2f}%  ({cm[i].sum()} images)" for i, (n, a) in enumerate(zip(class_names, pca))]
+    lines += [f"  {n:<{width}}  {100 * a:6.2f}%  ({cm[i].sum()} images)"
+              for i, (n, a) in enumerate(zip(class_names, pca, strict=True))]
     lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
     cell = max(5, len(str(cm.max())) + 1)
     lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(class_names))))
-    lines += [f"  {n:<{width}}" + "".join(f"{v:>{cell}}" for v in row) for n, row in zip(class_names, cm)]
+    lines += [f"  {n:<{width}}" + "".join(f"{v:>{cell}}" for v in row) for n, row in zip(class_names, cm, strict=True)]
     return "\n".join(lines)
 
 
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
         write_text_atomic(Path(args.json), json.dumps({
             "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,
             "accuracy": result["accuracy"], "loss": result["loss"],
-            "per_class_accuracy": dict(zip(ds.class_names, per_class_accuracy(cm).tolist())),
+            "per_class_accuracy": dict(zip(ds.class_names, per_class_accuracy(cm).tolist(), strict=True)),
             "confusion_matrix": cm.tolist()}, indent=2) + "\n")
     return 0
 

@@ -95,8 +95,8 @@ def test_gradient_accumulation_equals_one_big_batch(rng):
     acc = {k: np.zeros_like(v) for k, v in big.items()}
     losses = []
     for i in range(4):
-        l, g = model.loss_and_grads(images[2 * i:2 * i + 2], labels[2 * i:2 * i + 2])
-        losses.append(l)
+        loss_i, g = model.loss_and_grads(images[2 * i:2 * i + 2], labels[2 * i:2 * i + 2])
+        losses.append(loss_i)
         for k in acc:
             acc[k] += g[k] / 4
     assert np.mean(losses) == pytest.approx(loss, rel=1e-12)

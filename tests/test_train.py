@@ -38,7 +38,7 @@ def fmnist_dir(tmp_path, monkeypatch):
     ytr, yte = rng.integers(0, 10, 400), rng.integers(0, 10, 100)
     d = tmp_path / "fmnist"
     d.mkdir()
-    for stem, a in zip(D._IDX_FILES, (learnable_images(ytr, rng), ytr, learnable_images(yte, rng), yte)):
+    for stem, a in zip(D._IDX_FILES, (learnable_images(ytr, rng), ytr, learnable_images(yte, rng), yte), strict=True):
         (d / f"{stem}.gz").write_bytes(idx(a))
     return d
 
@@ -160,6 +160,13 @@ def test_confusion_matrix_and_per_class_accuracy():
 def test_bad_settings(fmnist_dir, tmp_path, capsys, extra, msg):
     assert run(fmnist_dir, tmp_path / "bad", "--steps", "4", *extra) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_evaluate_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert evaluate.main(["--checkpoint", str(tmp_path / "none.npz"), "--dataset", "imagefolder",
+                          "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "none.npz" in err and len(err.splitlines()) == 1
 
 
 def test_missing_dataset_names_file_and_address(tmp_path, monkeypatch, capsys):
