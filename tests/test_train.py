@@ -201,19 +201,6 @@ def test_gpu_without_cupy(tmp_path, capsys):
     assert "needs CuPy" in capsys.readouterr().err
 
 
-def test_accumulate_gradient_equals_one_big_batch(rng):
-    model = sv.ViT(sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_heads=2,
-                                 num_layers=1, mlp_dim=32, num_classes=5), dtype="float64", seed=1)
-    for k in model.params:
-        model.params[k] += rng.standard_normal(model.params[k].shape) * 0.1
-    images, labels = rng.uniform(-1, 1, (8, 16, 16, 3)), rng.integers(0, 5, 8)
-    loss, big = model.loss_and_grads(images, labels)
-    loss4, acc = optim.accumulate_gradient(model, images, labels, 4)
-    assert loss4 == pytest.approx(loss, rel=1e-12)
-    for k in big:
-        np.testing.assert_allclose(acc[k], big[k], rtol=1e-9, atol=1e-15)
-
-
 def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
