@@ -1,4 +1,5 @@
 """The training CLI end to end on tiny models and fixture datasets (no network, seconds each)."""
+import dataclasses
 import gzip
 import json
 import urllib.error
@@ -221,3 +222,44 @@ def test_presets_load_and_validate(preset):
     if preset == "cifar10-finetune":  # the paper's recipe, Appendix B.1.1
         assert (s.optimizer, s.lr, s.momentum, s.weight_decay, s.batch_size, s.grad_clip,
                 s.warmup_steps, s.steps, s.schedule) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
+
+
+def test_help_shows_the_dataclass_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(settings.TrainSettings):
+        default = f.default if f.type != "bool" else ("on" if f.default else "off")
+        assert f"(default: {default})" in text, f.name
+
+
+def test_unknown_preset_key_is_named(tmp_path, capsys):
+    (tmp_path / "p.json").write_text(json.dumps({"lr": 0.1, "learning_rate": 0.2, "bach_size": 3}))
+    with pytest.raises(ValueError, match=r"p.json: unknown settings \['bach_size', 'learning_rate'\]"):
+        settings.resolve_settings(["--config", str(tmp_path / "p.json")])
+
+
+def test_cli_beats_preset_and_steps_beat_preset_epochs():
+    s, _ = settings.resolve_settings(["--config", "fashion-mnist", "--lr", "0.5", "--steps", "7"])
+    assert (s.lr, s.steps, s.epochs, s.dataset) == (0.5, 7, None, "fashion-mnist")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.lr = 1.0
+
+
+def test_resume_keeps_the_run_settings_but_runtime_ones(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    saved = settings.TrainSettings(lr=0.2, workers=2, out=str(out)).to_dict()
+    (out / "config.json").write_text(json.dumps({"settings": saved}))
+    s, resume = settings.resolve_settings(["--out", str(out), "--resume", "--lr", "9", "--workers", "1",
+                                           "--mpi-timeout", "5"])
+    assert resume and (s.lr, s.workers, s.mpi_timeout) == (0.2, 1, 5.0)
+
+
+@pytest.mark.parametrize("bad,msg", [({"eval_every": 0}, "--eval-every must be a positive integer"),
+                                     ({"workers": True}, "--workers must be a positive integer"),
+                                     ({"mpi_timeout": 0}, "--mpi-timeout must be positive"),
+                                     ({"augment": "rotate"}, "--augment must be one of")])
+def test_settings_validate_with_the_flag_name(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        settings.TrainSettings(**bad)
