@@ -22,6 +22,7 @@ continues bit for bit where the run stopped. Settings: scratchvit/settings.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -72,34 +73,58 @@ def load_data(s: TrainSettings, log=print):
                         skip_bad_images=s.skip_bad_images, log=log)
 
 
-def evaluate_shared(model, images, labels, s: TrainSettings, dist) -> dict:
+@dataclasses.dataclass
+class Run:
+    """What the loop and its helpers share: settings, ranks, model, optimiser, run files, schedule."""
+
+    s: TrainSettings
+    dist: object
+    model: object
+    opt: object
+    opt_state: dict
+    metrics: runs.MetricsLog
+    total_steps: int
+    steps_per_epoch: int
+    best_val: float = -1.0
+
+    def lr(self, step: int) -> float:
+        s = self.s
+        return optim.learning_rate(step, s.lr, self.total_steps, s.warmup_steps, s.schedule)
+
+    def log_metrics(self, step: int, split: str, **values):
+        self.metrics.write(step=step, epoch=step / self.steps_per_epoch, split=split, **values)
+
+
+def evaluate_shared(run: Run, images, labels) -> dict:
     """Loss and accuracy of the whole set, each rank evaluating its contiguous share (sums reduced)."""
-    lo, hi = dist.split_range(len(labels))
+    lo, hi = run.dist.split_range(len(labels))
     if (lo, hi) != (0, len(labels)):
         images = images[lo:hi] if isinstance(images, np.ndarray) else images[np.arange(lo, hi)]
         labels = labels[lo:hi]
-    r = evaluate(model, images, labels, s.eval_batch_size, workers=s.workers, skip_bad_images=s.skip_bad_images)
+    s = run.s
+    r = evaluate(run.model, images, labels, s.eval_batch_size, workers=s.workers, skip_bad_images=s.skip_bad_images)
     sums = np.array([r["loss"] * len(labels), float((r["predictions"] == labels).sum()), len(labels)])
-    loss_sum, correct, n = dist.allreduce_sum(sums, "the evaluation's reduction")
+    loss_sum, correct, n = run.dist.allreduce_sum(sums, "the evaluation's reduction")
     return {"loss": loss_sum / max(n, 1), "accuracy": correct / n if n else float("nan"), "seconds": r["seconds"]}
 
 
-def train_step(model, opt, opt_state, x, y, lr: float, s: TrainSettings, dist, step: int):
+def train_step(run: Run, x, y, step: int):
     """One optimiser step on this rank's share of the global batch; returns (mean loss, gradient norm).
 
     Raises:
         FloatingPointError: the (global) loss is not finite; nothing was updated.
     """
+    model, dist = run.model, run.dist
     x, y = dist.shard(x, y)
-    loss, grads = optim.accumulate_gradient(model, x, y, s.accum_steps)
+    loss, grads = optim.accumulate_gradient(model, x, y, run.s.accum_steps)
     if dist.size > 1:
         dist.stall_hook(step)
         buf = dist.allreduce_mean(distributed.flatten(grads, loss, model.xp), step)
         loss, grads = distributed.unflatten(buf, grads)
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at step {step}")
-    gnorm = optim.clip_by_global_norm(grads, s.grad_clip)
-    opt.update(model.params, grads, opt_state, lr)
+    gnorm = optim.clip_by_global_norm(grads, run.s.grad_clip)
+    run.opt.update(model.params, grads, run.opt_state, run.lr(step))
     return loss, gnorm
 
 
@@ -114,8 +139,59 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     t_start, out, dist = time.perf_counter(), Path(s.out), dist or distributed.Single()
     ds = ds if ds is not None else load_data(s, log)
     (tr_x, tr_y), (val_x, val_y) = split_train_val(ds.train_images, ds.train_labels, s.val_fraction, s.seed)
-    model = build_model(s, ds.num_classes)
-    steps_per_epoch = max(len(tr_y) // s.batch_size, 1)
+    run, step = setup(s, resume, dist, ds, len(tr_y), len(val_y), log)
+    status, last_saved, win = "done", step, [0.0, 0, time.perf_counter()]  # window: loss sum, images, start
+    bar = progress_bar(s, dist, run.total_steps, step)
+    batches = Batches(tr_x, tr_y, s.batch_size, run.model.config.image_size, train=True, augment=s.augment,
+                      seed=s.seed, start_step=step, workers=s.workers, crop_min_area=s.crop_min_area,
+                      **({"skip_bad_images": True} if s.skip_bad_images else {}))
+    try:
+        for step_in, x, y in batches:
+            if step >= run.total_steps:
+                break
+            assert step_in == step
+            try:
+                loss, gnorm = train_step(run, x, y, step)
+            except FloatingPointError as e:
+                saved = (f"the last good checkpoint is {out / 'last.npz'} (step {last_saved})" if last_saved
+                         else "no checkpoint was written before it")
+                raise FloatingPointError(f"{e}; stopping: {saved}. Try a lower --lr") from None
+            step += 1
+            win[0], win[1] = win[0] + loss * len(y), win[1] + len(y)
+            if bar is not None:
+                bar.update(1)
+                img_s = win[1] / (time.perf_counter() - win[2])
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.lr(step - 1):.2g}",
+                                best_val=f"{max(run.best_val, 0):.3f}", img_s=f"{img_s:.0f}")
+            if step % s.eval_every == 0 or step == run.total_steps:
+                validate_and_save(run, val_x, val_y, step, win, gnorm, bar.write if bar is not None else log)
+                last_saved, win = step, [0.0, 0, time.perf_counter()]
+    except KeyboardInterrupt:
+        status = "interrupted"
+        if dist.is_main:
+            runs.save_state(out, run.model, run.opt_state, step, run.best_val, s.seed)
+        log(f"\ninterrupted at step {step}: saved {out / 'last.npz'} and {out / 'state.npz'}; "
+            f"continue with: python -m scratchvit.train --out {out} --resume")
+    finally:
+        batches.close()
+        if bar is not None:
+            bar.close()
+    summary = {"status": status, "step": step, "total_steps": run.total_steps, "best_val_accuracy": run.best_val}
+    if status == "done" and run_test:
+        r = evaluate_shared(run, ds.test_images, ds.test_labels)
+        run.log_metrics(step, "test", loss=r["loss"], accuracy=r["accuracy"], lr=run.lr(step),
+                        images_per_sec=len(ds.test_labels) / r["seconds"])
+        summary.update(test_accuracy=r["accuracy"], test_loss=r["loss"])
+        log(f"done: test accuracy {100 * r['accuracy']:.2f}% ({len(ds.test_labels)} images), best val accuracy "
+            f"{100 * run.best_val:.2f}%, {step} steps in {time.perf_counter() - t_start:.0f} s; checkpoints in {out}/")
+    return dict(summary, seconds=time.perf_counter() - t_start)
+
+
+def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, log) -> tuple[Run, int]:
+    """Model, optimiser, schedule and run files (config.json and metrics.jsonl on rank 0; --resume: the saved
+    state). Returns (run, first step)."""
+    out, model = Path(s.out), build_model(s, ds.num_classes)
+    steps_per_epoch = max(n_train // s.batch_size, 1)
     total_steps = s.steps if s.epochs is None else max(int(round(s.epochs * steps_per_epoch)), 1)
     if s.schedule != "constant" and s.warmup_steps >= total_steps:
         raise ValueError(f"--warmup-steps {s.warmup_steps} must be below the total steps {total_steps}")
@@ -127,78 +203,30 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
         step, best_val = runs.load_state(out, model, opt_state)
         log(f"resuming {out} at step {step} of {total_steps}")
     elif not resume and dist.is_main:
-        runs.write_config(out, s.to_dict(), model, ds, train_images=len(tr_y), val_images=len(val_y),
+        runs.write_config(out, s.to_dict(), model, ds, train_images=n_train, val_images=n_val,
                           test_images=len(ds.test_labels), total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     metrics = runs.MetricsLog(out / "metrics.jsonl", step if resume else None, enabled=dist.is_main)
-    log(describe(s, ds, model, len(tr_y), len(val_y), total_steps, dist))
-    lr_at = lambda i: optim.learning_rate(i, s.lr, total_steps, s.warmup_steps, s.schedule)  # noqa: E731
-    bar = progress_bar(s, dist, total_steps, step)
-    last_saved, status, win = step, "done", [0.0, 0, time.perf_counter()]  # window: loss sum, images, start
-    batches = Batches(tr_x, tr_y, s.batch_size, model.config.image_size, train=True, augment=s.augment, seed=s.seed,
-                      start_step=step, workers=s.workers, crop_min_area=s.crop_min_area,
-                      **({"skip_bad_images": True} if s.skip_bad_images else {}))
-    try:
-        for step_in, x, y in batches:
-            if step >= total_steps:
-                break
-            assert step_in == step
-            try:
-                loss, gnorm = train_step(model, opt, opt_state, x, y, lr_at(step), s, dist, step)
-            except FloatingPointError as e:
-                saved = (f"the last good checkpoint is {out / 'last.npz'} (step {last_saved})" if last_saved
-                         else "no checkpoint was written before it")
-                raise FloatingPointError(f"{e}; stopping: {saved}. Try a lower --lr") from None
-            step += 1
-            win[0], win[1] = win[0] + loss * len(y), win[1] + len(y)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr_at(step - 1):.2g}", best_val=f"{max(best_val, 0):.3f}",
-                                img_s=f"{win[1] / (time.perf_counter() - win[2]):.0f}")
-            if step % s.eval_every == 0 or step == total_steps:
-                best_val = validate_and_save(model, opt_state, val_x, val_y, s, dist, metrics, bar or log, step,
-                                             total_steps, steps_per_epoch, lr_at, best_val, win, gnorm)
-                last_saved, win = step, [0.0, 0, time.perf_counter()]
-    except KeyboardInterrupt:
-        status = "interrupted"
-        if dist.is_main:
-            runs.save_state(out, model, opt_state, step, best_val, s.seed)
-        log(f"\ninterrupted at step {step}: saved {out / 'last.npz'} and {out / 'state.npz'}; "
-            f"continue with: python -m scratchvit.train --out {out} --resume")
-    finally:
-        batches.close()
-        if bar is not None:
-            bar.close()
-    summary = {"status": status, "step": step, "total_steps": total_steps, "best_val_accuracy": best_val}
-    if status == "done" and run_test:
-        r = evaluate_shared(model, ds.test_images, ds.test_labels, s, dist)
-        metrics.write(step=step, epoch=step / steps_per_epoch, split="test", loss=r["loss"], accuracy=r["accuracy"],
-                      lr=lr_at(step), images_per_sec=len(ds.test_labels) / r["seconds"])
-        summary.update(test_accuracy=r["accuracy"], test_loss=r["loss"])
-        log(f"done: test accuracy {100 * r['accuracy']:.2f}% ({len(ds.test_labels)} images), best val accuracy "
-            f"{100 * best_val:.2f}%, {step} steps in {time.perf_counter() - t_start:.0f} s; checkpoints in {out}/")
-    return dict(summary, seconds=time.perf_counter() - t_start)
+    log(describe(s, ds, model, n_train, n_val, total_steps, dist))
+    return Run(s, dist, model, opt, opt_state, metrics, total_steps, steps_per_epoch, best_val), step
 
 
-def validate_and_save(model, opt_state, val_x, val_y, s, dist, metrics, out_log, step, total_steps, steps_per_epoch,
-                      lr_at, best_val, win, gnorm) -> float:
+def validate_and_save(run: Run, val_x, val_y, step: int, win: list, gnorm: float, say) -> None:
     """At an evaluation step: log the training window, evaluate on the validation split, write best.npz
-    (if better), last.npz and state.npz (rank 0). Returns the best validation accuracy so far."""
-    out, dt = Path(s.out), time.perf_counter() - win[2]
-    metrics.write(step=step, epoch=step / steps_per_epoch, split="train", loss=win[0] / win[1], lr=lr_at(step - 1),
-                  grad_norm=gnorm, images_per_sec=win[1] / dt)
-    r = evaluate_shared(model, val_x, val_y, s, dist)
-    metrics.write(step=step, epoch=step / steps_per_epoch, split="val", loss=r["loss"], accuracy=r["accuracy"],
-                  lr=lr_at(step), images_per_sec=len(val_y) / r["seconds"])
-    if r["accuracy"] > best_val:
-        best_val = r["accuracy"]
-        if dist.is_main:
-            save_checkpoint(out / "best.npz", model.params, dtype=None)
-    if dist.is_main:
-        runs.save_state(out, model, opt_state, step, best_val, s.seed)
-    (out_log.write if hasattr(out_log, "write") else out_log)(
-        f"step {step}/{total_steps}  train loss {win[0] / win[1]:.4f}  val loss {r['loss']:.4f}"
+    (if better), last.npz and state.npz (rank 0), and ``say`` a summary line."""
+    out, dt = Path(run.s.out), time.perf_counter() - win[2]
+    run.log_metrics(step, "train", loss=win[0] / win[1], lr=run.lr(step - 1), grad_norm=gnorm,
+                    images_per_sec=win[1] / dt)
+    r = evaluate_shared(run, val_x, val_y)
+    run.log_metrics(step, "val", loss=r["loss"], accuracy=r["accuracy"], lr=run.lr(step),
+                    images_per_sec=len(val_y) / r["seconds"])
+    if r["accuracy"] > run.best_val:
+        run.best_val = r["accuracy"]
+        if run.dist.is_main:
+            save_checkpoint(out / "best.npz", run.model.params, dtype=None)
+    if run.dist.is_main:
+        runs.save_state(out, run.model, run.opt_state, step, run.best_val, run.s.seed)
+    say(f"step {step}/{run.total_steps}  train loss {win[0] / win[1]:.4f}  val loss {r['loss']:.4f}"
         f"  val acc {100 * r['accuracy']:.2f}%  {win[1] / dt:.0f} img/s")
-    return best_val
 
 
 def describe(s, ds, model, n_train, n_val, total_steps, dist) -> str:
