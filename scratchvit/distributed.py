@@ -17,7 +17,8 @@ Collectives are non-blocking and polled against ``--mpi-timeout`` seconds: a ran
 makes the others print an error naming the step and call ``MPI_Abort`` rather than wait forever.
 
 Test hook: the environment variable ``SCRATCHVIT_TEST_STALL=RANK:STEP`` makes rank RANK stop
-answering (sleep) before the gradient allreduce of step STEP, to check the timeout path.
+answering (sleep) before the gradient allreduce of step STEP, to check the timeout path;
+``RANK:STEP:exit`` makes it die there instead (exit status 9, no goodbye to MPI).
 """
 from __future__ import annotations
 
@@ -152,8 +153,10 @@ class MPI:
     def stall_hook(self, step: int):
         """Test hook (see the module docstring): this rank stops answering before step STEP's allreduce."""
         hook = os.environ.get("SCRATCHVIT_TEST_STALL", "")
-        if hook and hook == f"{self.rank}:{step}":
+        if hook == f"{self.rank}:{step}":
             time.sleep(10 * self.timeout + 60)
+        elif hook == f"{self.rank}:{step}:exit":
+            os._exit(9)
 
 
 class _NcclSum:

@@ -23,6 +23,7 @@ continues bit for bit where the run stopped. Settings: scratchvit/settings.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -284,7 +285,7 @@ def main(argv=None) -> int:
         if s.batch_size % (dist.size * s.accum_steps):
             raise ValueError(f"--batch-size {s.batch_size} is not divisible by {dist.size} MPI ranks x --accum-steps "
                              f"{s.accum_steps}")
-        log = print if dist.is_main else (lambda *a, **k: None)
+        log = functools.partial(print, flush=True) if dist.is_main else (lambda *a, **k: None)
         if s.lr_sweep and not resume:
             s = s.replace(lr=lr_sweep(s, log, dist), lr_sweep=None)
         summary = train(s, resume, log=log, dist=dist)

@@ -99,12 +99,17 @@ def test_resume_on_two_ranks_a_run_stopped_on_one(fmnist_dir, tmp_path, monkeypa
 
 
 @needs_mpi
-def test_a_rank_that_hangs_makes_the_others_abort_with_the_step(fmnist_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("how", ["hang", "exit"])
+def test_a_rank_that_hangs_or_dies_stops_the_others(fmnist_dir, tmp_path, how):  # noqa: F811
+    hook = "1:2" if how == "hang" else "1:2:exit"
     r = launch(2, data_args(fmnist_dir, tmp_path / "o", "--steps", "4", "--mpi-timeout", "3"),
-               env={"SCRATCHVIT_TEST_STALL": "1:2"}, timeout=90)
+               env={"SCRATCHVIT_TEST_STALL": hook}, timeout=90)
     assert r.returncode != 0
     err = r.stderr + r.stdout
-    assert "rank 0/2: step 2: the gradient allreduce did not complete within 3 s" in err, err[-2000:]
+    if how == "hang":  # our deadline fires
+        assert "rank 0/2: step 2: the gradient allreduce did not complete within 3 s" in err, err[-2000:]
+    # a rank that exits is either noticed by the launcher (which ends the job) or by rank 0's deadline
+    assert not (tmp_path / "o" / "metrics.jsonl").read_text().count('"step": 4')
 
 
 @needs_mpi
