@@ -145,10 +145,12 @@ def check_positive_int(value, what: str) -> int:
 
 
 def flag(name: str) -> str:
+    """The command-line flag of a setting: "batch_size" -> "--batch-size"."""
     return "--" + name.replace("_", "-")
 
 
 def preset_names() -> list[str]:
+    """The names --config accepts without a path (the files in scratchvit/presets/)."""
     return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
 
 

@@ -89,10 +89,12 @@ class Run:
     best_val: float = -1.0
 
     def lr(self, step: int) -> float:
+        """The learning rate of (0-based) step ``step``: warmup then --schedule (optim.learning_rate)."""
         s = self.s
         return optim.learning_rate(step, s.lr, self.total_steps, s.warmup_steps, s.schedule)
 
     def log_metrics(self, step: int, split: str, **values):
+        """One metrics.jsonl record (rank 0 only) with the step, the epoch and the split."""
         self.metrics.write(step=step, epoch=step / self.steps_per_epoch, split=split, **values)
 
 
@@ -231,6 +233,7 @@ def validate_and_save(run: Run, val_x, val_y, step: int, win: list, gnorm: float
 
 
 def describe(s, ds, model, n_train, n_val, total_steps, dist) -> str:
+    """The run's opening line: data sizes, geometry, parameter count, optimiser, batch, steps, device, ranks."""
     c = model.config
     ranks = f" over {dist.size} MPI ranks ({s.batch_size // dist.size} images each)" if dist.size > 1 else ""
     return (f"{ds.name}: {n_train} train / {n_val} val / {len(ds.test_labels)} test images, {ds.num_classes} classes; "
@@ -240,6 +243,7 @@ def describe(s, ds, model, n_train, n_val, total_steps, dist) -> str:
 
 
 def progress_bar(s, dist, total_steps, step):
+    """A tqdm bar over the steps on rank 0 when --progress, else None."""
     if not (s.progress and dist.is_main):
         return None
     from tqdm import tqdm  # noqa: PLC0415
