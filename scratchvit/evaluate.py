@@ -8,21 +8,45 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from .backend import keep_freed_memory, to_numpy
 
 
-def evaluate(model, images, labels, batch_size: int = 256, progress: bool = False, workers: int = 2):
+def open_dataset(name: str, data_dir=None, image_size: int | None = None, skip_bad_images: bool = False, log=None):
+    """:func:`scratchvit.data.load_dataset` as the CLIs call it: ``image_size`` (the model's) only for
+    imagefolder, which streams and resizes its files; ``skip_bad_images`` only when set; ``log`` (a callable
+    for progress lines) where the loader takes it.
+
+    Raises:
+        ValueError / FileNotFoundError / RuntimeError: from the loader, naming the file or folder.
+    """
+    import inspect  # noqa: PLC0415
+
+    from .data import load_dataset  # noqa: PLC0415
+
+    kwargs = {"image_size": image_size} if name == "imagefolder" else {}
+    if skip_bad_images:
+        kwargs["skip_bad_images"] = True
+    if log is not None and "log" in inspect.signature(load_dataset).parameters:
+        kwargs["log"] = log
+    return load_dataset(name, data_dir=data_dir, **kwargs)
+
+
+def evaluate(model, images, labels, batch_size: int = 256, progress: bool = False, workers: int = 2,
+             skip_bad_images: bool = False):
     """Mean cross-entropy, accuracy and predictions of ``model`` on a labelled set.
 
     Args:
         model: a :class:`scratchvit.ViT`.
-        images: (M, H, W, 3) uint8; resized to the model's image size (bilinear) when H differs.
+        images: (M, H, W, 3) uint8, or a lazy image sequence from ``load_dataset("imagefolder")``;
+            resized to the model's image size when they differ.
         labels: (M,) int64 in [0, num_classes).
         batch_size: images per forward pass.
-        workers: threads resizing images in the background.
+        workers: threads preparing images in the background.
+        skip_bad_images: skip unreadable files (lazy sequences) instead of raising.
 
     Returns:
         dict with "loss" (float), "accuracy" (float in [0, 1]), "predictions" ((M,) int64), "seconds".
@@ -33,8 +57,9 @@ def evaluate(model, images, labels, batch_size: int = 256, progress: bool = Fals
     t0 = time.perf_counter()
     preds = np.empty(len(labels), np.int64)
     total_loss = 0.0
-    with Batches(images, labels, batch_size, model.config.image_size, train=False,
-                 workers=workers) as batches:
+    extra = {"skip_bad_images": True} if skip_bad_images else {}
+    with Batches(images, labels, batch_size, model.config.image_size, train=False, workers=workers,
+                 **extra) as batches:
         it = batches
         if progress:
             from tqdm import tqdm  # noqa: PLC0415
@@ -74,18 +99,20 @@ def format_report(dataset_name, class_names, result, cm) -> str:
     width = max(len(n) for n in class_names)
     lines = [f"{dataset_name}: accuracy {100 * result['accuracy']:.2f}% on {cm.sum()} images, "
              f"loss {result['loss']:.4f}", "", "per-class accuracy:"]
-    lines += [f"  {n:<{width}}  {100 * a:6.2f}%  ({cm[i].sum()} images)" for i, (n, a) in enumerate(zip(class_names, pca))]
+    lines += [f"  {n:<{width}}  {100 * a:6.2f}%  ({cm[i].sum()} images)"
+              for i, (n, a) in enumerate(zip(class_names, pca, strict=True))]
     lines += ["", "confusion matrix (rows: true class, columns: predicted):"]
     cell = max(5, len(str(cm.max())) + 1)
     lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(class_names))))
-    lines += [f"  {n:<{width}}" + "".join(f"{v:>{cell}}" for v in row) for n, row in zip(class_names, cm)]
+    lines += [f"  {n:<{width}}" + "".join(f"{v:>{cell}}" for v in row) for n, row in zip(class_names, cm, strict=True)]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     keep_freed_memory()
     from . import ViT  # noqa: PLC0415
-    from .data import DATASETS, load_dataset  # noqa: PLC0415
+    from .data import DATASETS  # noqa: PLC0415
+    from .settings import check_positive_int  # noqa: PLC0415
 
     ap = argparse.ArgumentParser(prog="python -m scratchvit.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,31 +125,38 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--gelu", default="tanh", choices=("tanh", "erf"),
                     help="GELU form the weights were trained with (tanh: official JAX; erf: PyTorch/timm)")
+    ap.add_argument("--workers", type=int, default=2, help="threads preparing images (default: 2)")
+    ap.add_argument("--skip-bad-images", action="store_true",
+                    help="imagefolder: skip and count unreadable image files instead of stopping at the first one")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
 
     try:
-        model = ViT.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
-        if args.gelu != model.config.gelu:
-            model.config = model.config.replace(gelu=args.gelu)
-        ds = load_dataset(args.dataset, data_dir=args.data_dir)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        check_positive_int(args.batch_size, "--batch-size")
+        check_positive_int(args.workers, "--workers")
+        model = ViT.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, gelu=args.gelu)
+        ds = open_dataset(args.dataset, args.data_dir, image_size=model.config.image_size,
+                          skip_bad_images=args.skip_bad_images, log=lambda m: print(m, file=sys.stderr))
+        if model.config.num_classes != ds.num_classes:
+            raise ValueError(f"the checkpoint {args.checkpoint} has {model.config.num_classes} classes but "
+                             f"{args.dataset} has {ds.num_classes}")
+        images, labels = ((ds.test_images, ds.test_labels) if args.split == "test"
+                          else (ds.train_images, ds.train_labels))
+        result = evaluate(model, images, labels, args.batch_size, progress=True, workers=args.workers,
+                          skip_bad_images=args.skip_bad_images)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if model.config.num_classes != ds.num_classes:
-        print(f"error: the checkpoint has {model.config.num_classes} classes but {args.dataset} has "
-              f"{ds.num_classes}", file=sys.stderr)
-        return 2
-    images, labels = (ds.test_images, ds.test_labels) if args.split == "test" else (ds.train_images, ds.train_labels)
-    result = evaluate(model, images, labels, args.batch_size, progress=True)
     cm = confusion_matrix(labels, result["predictions"], ds.num_classes)
     print(format_report(f"{args.dataset} {args.split}", ds.class_names, result, cm))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,
-                       "accuracy": result["accuracy"], "loss": result["loss"],
-                       "per_class_accuracy": dict(zip(ds.class_names, per_class_accuracy(cm).tolist())),
-                       "confusion_matrix": cm.tolist()}, f, indent=2)
+        from .runs import write_text_atomic  # noqa: PLC0415
+
+        write_text_atomic(Path(args.json), json.dumps({
+            "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,
+            "accuracy": result["accuracy"], "loss": result["loss"],
+            "per_class_accuracy": dict(zip(ds.class_names, per_class_accuracy(cm).tolist(), strict=True)),
+            "confusion_matrix": cm.tolist()}, indent=2) + "\n")
     return 0
 
 

@@ -165,3 +165,32 @@ def learning_rate(step: int, base_lr: float, total_steps: int, warmup_steps: int
     if warmup_steps:
         lr = lr * min(1.0, step / warmup_steps)
     return lr
+
+
+def accumulate_gradient(model, images, labels, accum_steps: int):
+    """Mean loss and gradients of a batch computed in ``accum_steps`` equal micro-batches, as the official
+    ``vit_jax/utils.py: accumulate_gradient``: the same result as one pass over the whole batch (up to
+    rounding), with the activation memory of one micro-batch.
+
+    Args:
+        model: a :class:`scratchvit.ViT` (``loss_and_grads(images, labels) -> (float, {name: array})``).
+        images: (B, H, W, 3); labels: (B,) int; B divisible by ``accum_steps``.
+
+    Returns:
+        (loss: float, grads: {name: array like the parameter}), both means over the B images.
+    """
+    if accum_steps == 1:
+        return model.loss_and_grads(images, labels)
+    n = len(labels) // accum_steps
+    total_loss, total = 0.0, None
+    for i in range(accum_steps):
+        loss, grads = model.loss_and_grads(images[i * n:(i + 1) * n], labels[i * n:(i + 1) * n])
+        total_loss += loss
+        if total is None:
+            total = grads
+        else:
+            for k, g in grads.items():
+                total[k] += g
+    for g in total.values():
+        g /= accum_steps
+    return total_loss / accum_steps, total

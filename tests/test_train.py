@@ -1,4 +1,5 @@
 """The training CLI end to end on tiny models and fixture datasets (no network, seconds each)."""
+import dataclasses
 import gzip
 import json
 import urllib.error
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import scratchvit as sv
-from scratchvit import evaluate, train
+from scratchvit import evaluate, optim, settings, train
 from scratchvit.data import datasets as D
 
 TINY = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
@@ -38,7 +39,7 @@ def fmnist_dir(tmp_path, monkeypatch):
     ytr, yte = rng.integers(0, 10, 400), rng.integers(0, 10, 100)
     d = tmp_path / "fmnist"
     d.mkdir()
-    for stem, a in zip(D._IDX_FILES, (learnable_images(ytr, rng), ytr, learnable_images(yte, rng), yte)):
+    for stem, a in zip(D._IDX_FILES, (learnable_images(ytr, rng), ytr, learnable_images(yte, rng), yte), strict=True):
         (d / f"{stem}.gz").write_bytes(idx(a))
     return d
 
@@ -74,7 +75,7 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "10", "--accum-steps", "2", "--augment", "crop-flip")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
 
-    real = train.accumulate_gradient
+    real = optim.accumulate_gradient
     calls = {"n": 0}
 
     def interrupt_at_step_7(*a, **k):
@@ -83,9 +84,9 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(train, "accumulate_gradient", interrupt_at_step_7)
+    monkeypatch.setattr(optim, "accumulate_gradient", interrupt_at_step_7)
     assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
-    monkeypatch.setattr(train, "accumulate_gradient", real)
+    monkeypatch.setattr(optim, "accumulate_gradient", real)
     with np.load(tmp_path / "stopped" / "state.npz") as st:
         assert int(st["step"]) == 6
     assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
@@ -162,6 +163,13 @@ def test_bad_settings(fmnist_dir, tmp_path, capsys, extra, msg):
     assert msg in capsys.readouterr().err
 
 
+def test_evaluate_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert evaluate.main(["--checkpoint", str(tmp_path / "none.npz"), "--dataset", "imagefolder",
+                          "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "none.npz" in err and len(err.splitlines()) == 1
+
+
 def test_missing_dataset_names_file_and_address(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SCRATCHVIT_DATA", str(tmp_path / "cache"))
     monkeypatch.setattr(D, "_urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
@@ -194,19 +202,6 @@ def test_gpu_without_cupy(tmp_path, capsys):
     assert "needs CuPy" in capsys.readouterr().err
 
 
-def test_accumulate_gradient_equals_one_big_batch(rng):
-    model = sv.ViT(sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_heads=2,
-                                 num_layers=1, mlp_dim=32, num_classes=5), dtype="float64", seed=1)
-    for k in model.params:
-        model.params[k] += rng.standard_normal(model.params[k].shape) * 0.1
-    images, labels = rng.uniform(-1, 1, (8, 16, 16, 3)), rng.integers(0, 5, 8)
-    loss, big = model.loss_and_grads(images, labels)
-    loss4, acc = train.accumulate_gradient(model, images, labels, 4)
-    assert loss4 == pytest.approx(loss, rel=1e-12)
-    for k in big:
-        np.testing.assert_allclose(acc[k], big[k], rtol=1e-9, atol=1e-15)
-
-
 def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
@@ -220,12 +215,51 @@ def test_help_explains_every_flag(capsys):
 
 @pytest.mark.parametrize("preset", ["fashion-mnist", "cifar10-finetune"])
 def test_presets_load_and_validate(preset):
-    s = train.resolve_settings(["--config", preset])
-    assert s["dataset"] in ("fashion-mnist", "cifar10")
-    config = sv.get_config(s["model"], image_size=s["image_size"], patch_size=s["patch_size"],
-                           hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_heads=s["num_heads"],
-                           mlp_dim=s["mlp_dim"], classifier=s["classifier"], num_classes=10)
+    s, resume = settings.resolve_settings(["--config", preset])
+    assert s.dataset in ("fashion-mnist", "cifar10") and not resume
+    config = train.model_config(s, num_classes=10)
     assert config.image_size % config.patch_size == 0
-    if preset == "cifar10-finetune":  # the paper's recipe (DESIGN.md)
-        assert (s["optimizer"], s["lr"], s["momentum"], s["weight_decay"], s["batch_size"], s["grad_clip"],
-                s["warmup_steps"], s["steps"], s["schedule"]) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
+    if preset == "cifar10-finetune":  # the paper's recipe, Appendix B.1.1
+        assert (s.optimizer, s.lr, s.momentum, s.weight_decay, s.batch_size, s.grad_clip,
+                s.warmup_steps, s.steps, s.schedule) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
+
+
+def test_help_shows_the_dataclass_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(settings.TrainSettings):
+        default = f.default if f.type != "bool" else ("on" if f.default else "off")
+        assert f"(default: {default})" in text, f.name
+
+
+def test_unknown_preset_key_is_named(tmp_path, capsys):
+    (tmp_path / "p.json").write_text(json.dumps({"lr": 0.1, "learning_rate": 0.2, "bach_size": 3}))
+    with pytest.raises(ValueError, match=r"p.json: unknown settings \['bach_size', 'learning_rate'\]"):
+        settings.resolve_settings(["--config", str(tmp_path / "p.json")])
+
+
+def test_cli_beats_preset_and_steps_beat_preset_epochs():
+    s, _ = settings.resolve_settings(["--config", "fashion-mnist", "--lr", "0.5", "--steps", "7"])
+    assert (s.lr, s.steps, s.epochs, s.dataset) == (0.5, 7, None, "fashion-mnist")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.lr = 1.0
+
+
+def test_resume_keeps_the_run_settings_but_runtime_ones(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    saved = settings.TrainSettings(lr=0.2, workers=2, out=str(out)).to_dict()
+    (out / "config.json").write_text(json.dumps({"settings": saved}))
+    s, resume = settings.resolve_settings(["--out", str(out), "--resume", "--lr", "9", "--workers", "1",
+                                           "--mpi-timeout", "5"])
+    assert resume and (s.lr, s.workers, s.mpi_timeout) == (0.2, 1, 5.0)
+
+
+@pytest.mark.parametrize("bad,msg", [({"eval_every": 0}, "--eval-every must be a positive integer"),
+                                     ({"workers": True}, "--workers must be a positive integer"),
+                                     ({"mpi_timeout": 0}, "--mpi-timeout must be positive"),
+                                     ({"augment": "rotate"}, "--augment must be one of")])
+def test_settings_validate_with_the_flag_name(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        settings.TrainSettings(**bad)

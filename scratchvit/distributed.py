@@ -1,0 +1,225 @@
+"""Data-parallel training over MPI ranks: ``mpiexec -n N python -m scratchvit.train ...``.
+
+:func:`init` returns the object the training loop talks to: :class:`Single` (one process; every
+call is free) or :class:`MPI` (mpi4py, the optional extra ``scratchvit[mpi]``). The scheme is plain
+synchronous data parallelism (as ``pmap`` + ``lax.pmean`` in the official vit_jax):
+
+- every rank builds the same global batch of ``--batch-size`` images (same order and augmentation
+  as one process) and takes its contiguous 1/N of the rows (:meth:`MPI.shard`); the data work is
+  therefore repeated on every rank, the model work is divided;
+- each rank's gradients and loss go into one contiguous buffer in the parameters' order, summed with
+  ONE allreduce per step and divided by N (:meth:`MPI.allreduce_mean`); on ``--device gpu`` the sum
+  runs on NCCL through CuPy (``cupy.cuda.nccl``, its unique id broadcast over MPI);
+- every rank then applies the same update, so the parameters stay identical without broadcasts;
+- rank 0 alone writes files; evaluation is split across ranks and its sums reduced.
+
+Collectives are non-blocking and polled against ``--mpi-timeout`` seconds: a rank that died or hangs
+makes the others print an error naming the step and call ``MPI_Abort`` rather than wait forever.
+
+Test hook: the environment variable ``SCRATCHVIT_TEST_STALL=RANK:STEP`` makes rank RANK stop
+answering (sleep) before the gradient allreduce of step STEP, to check the timeout path;
+``RANK:STEP:exit`` makes it die there instead (exit status 9, no goodbye to MPI).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+# Environment variables set by the launchers (Open MPI, MPICH/Hydra and Intel MPI, PMIx, Slurm's PMI).
+SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMIX_LOCAL_RANK", "SLURM_LOCALID")
+
+
+def launched_size() -> int:
+    """The number of processes the MPI launcher started (1 when not under a launcher)."""
+    for var in SIZE_VARS:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+class Single:
+    """One process: the same interface as :class:`MPI`, doing nothing."""
+
+    rank, size, is_main = 0, 1, True
+
+    def shard(self, *arrays):
+        return arrays if len(arrays) > 1 else arrays[0]
+
+    def split_range(self, n: int) -> tuple[int, int]:
+        return 0, n
+
+    def allreduce_mean(self, buf, step=None):
+        return buf
+
+    def allreduce_sum(self, values: np.ndarray, what: str) -> np.ndarray:
+        return values
+
+    def barrier(self, what: str = "barrier"):
+        pass
+
+    def check_same(self, digest: str):
+        pass
+
+    def stall_hook(self, step: int):
+        pass
+
+
+class MPI:
+    """``size`` ranks over ``MPI.COMM_WORLD`` (mpi4py); see the module docstring.
+
+    Args:
+        timeout: seconds any collective may wait before the run is aborted.
+        device: "cpu" (gradients reduced by MPI) or "gpu" (by NCCL through CuPy).
+    """
+
+    def __init__(self, comm, timeout: float, device: str = "cpu"):
+        from mpi4py import MPI as _mpi  # noqa: PLC0415
+
+        self._mpi, self.comm, self.timeout = _mpi, comm, timeout
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.is_main = self.rank == 0
+        self.nccl = _NcclSum(self) if device == "gpu" else None
+
+    # ------------------------------------------------------------------ data
+    def shard(self, *arrays):
+        """This rank's contiguous 1/size of the rows of each array (a batch's images and labels).
+
+        Raises:
+            ValueError: the rows do not divide evenly (every rank must hold the same number).
+        """
+        n = len(arrays[0])
+        if n % self.size:
+            raise ValueError(f"distributed: a batch of {n} rows does not split over {self.size} ranks")
+        per = n // self.size
+        out = tuple(a[self.rank * per:(self.rank + 1) * per] for a in arrays)
+        return out if len(out) > 1 else out[0]
+
+    def split_range(self, n: int) -> tuple[int, int]:
+        """[lo, hi) of this rank's share of n items (evaluation), as equal as possible."""
+        return self.rank * n // self.size, (self.rank + 1) * n // self.size
+
+    # ------------------------------------------------------------------ collectives
+    def _wait(self, request, what: str):
+        """Poll a non-blocking request until it completes, or abort the whole job after ``timeout`` s."""
+        deadline = time.monotonic() + self.timeout
+        while not request.Test():
+            if time.monotonic() > deadline:
+                self.abort(f"{what} did not complete within {self.timeout:g} s (--mpi-timeout): "
+                           "another rank died or hangs; aborting all ranks")
+            time.sleep(0.0005)
+
+    def abort(self, message: str):
+        print(f"error: rank {self.rank}/{self.size}: {message}", file=sys.stderr, flush=True)
+        self.comm.Abort(1)
+
+    def allreduce_mean(self, buf, step=None):
+        """In place: buf <- (sum over ranks of buf) / size, one allreduce. ``buf``: a contiguous 1-D float array
+        (NumPy; CuPy on --device gpu). Returns buf."""
+        what = f"step {step}: the gradient allreduce" if step is not None else "an allreduce"
+        if self.nccl is not None:
+            self.nccl.sum(buf, what)
+        else:
+            self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM), what)
+        buf /= self.size
+        return buf
+
+    def allreduce_sum(self, values: np.ndarray, what: str) -> np.ndarray:
+        """Sum of a small float64 host array over ranks (evaluation's loss sum and correct count)."""
+        values = np.ascontiguousarray(values, np.float64)
+        self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, values, op=self._mpi.SUM), what)
+        return values
+
+    def barrier(self, what: str = "barrier"):
+        self._wait(self.comm.Ibarrier(), what)
+
+    def check_same(self, digest: str):
+        """Refuse to start when the ranks' settings differ (every rank raises the same error).
+
+        Raises:
+            ValueError: naming the ranks whose settings differ from rank 0's.
+        """
+        mine = np.frombuffer(bytes.fromhex(digest)[:8], np.uint64).copy()
+        everyone = np.empty(self.size, np.uint64)
+        self._wait(self.comm.Iallgather(mine, everyone), "the settings check")
+        odd = [r for r in range(self.size) if everyone[r] != everyone[0]]
+        if odd:
+            raise ValueError(f"distributed: the settings of rank(s) {odd} differ from rank 0's; every rank must be "
+                             "started with the same command line")
+
+    def stall_hook(self, step: int):
+        """Test hook (see the module docstring): this rank stops answering before step STEP's allreduce."""
+        hook = os.environ.get("SCRATCHVIT_TEST_STALL", "")
+        if hook == f"{self.rank}:{step}":
+            time.sleep(10 * self.timeout + 60)
+        elif hook == f"{self.rank}:{step}:exit":
+            os._exit(9)
+
+
+class _NcclSum:
+    """Sum of a CuPy buffer over ranks with NCCL (``cupy.cuda.nccl``), the communicator set up over MPI.
+
+    Each rank uses GPU ``local_rank % device_count``. Untested without GPUs (the tests are marked gpu).
+    """
+
+    def __init__(self, dist: MPI):
+        import cupy  # noqa: PLC0415
+        from cupy.cuda import nccl  # noqa: PLC0415
+
+        local = next((int(os.environ[v]) for v in LOCAL_RANK_VARS if os.environ.get(v, "").isdigit()), dist.rank)
+        cupy.cuda.Device(local % cupy.cuda.runtime.getDeviceCount()).use()
+        uid = dist.comm.bcast(nccl.get_unique_id() if dist.is_main else None, root=0)
+        self.cupy, self.nccl, self.dist = cupy, nccl, dist
+        self.comm = nccl.NcclCommunicator(dist.size, uid, dist.rank)
+        self.types = {np.dtype("float32"): nccl.NCCL_FLOAT32, np.dtype("float64"): nccl.NCCL_FLOAT64}
+
+    def sum(self, buf, what: str):
+        stream = self.cupy.cuda.get_current_stream()
+        self.comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self.types[buf.dtype], self.nccl.NCCL_SUM,
+                            stream.ptr)
+        done = stream.record()
+        deadline = time.monotonic() + self.dist.timeout
+        while not done.done:
+            if time.monotonic() > deadline:
+                self.comm.abort()
+                self.dist.abort(f"{what} (NCCL) did not complete within {self.dist.timeout:g} s")
+            time.sleep(0.0005)
+
+
+def init(distributed: str = "auto", timeout: float = 300.0, device: str = "cpu"):
+    """:class:`MPI` when started by an MPI launcher with more than one process and ``distributed`` is "auto",
+    else :class:`Single`.
+
+    Raises:
+        RuntimeError: more than one process asked for, but mpi4py is not installed.
+    """
+    if distributed == "off" or launched_size() <= 1:
+        return Single()
+    try:
+        from mpi4py import MPI as _mpi  # noqa: PLC0415
+    except ImportError as e:
+        raise RuntimeError(f"started as {launched_size()} MPI processes but mpi4py is not installed: "
+                           "pip install 'scratchvit[mpi]' (needs an MPI library, e.g. apt-get install mpich "
+                           "libmpich-dev), or pass --distributed off") from e
+    if _mpi.COMM_WORLD.Get_size() <= 1:
+        return Single()
+    return MPI(_mpi.COMM_WORLD, timeout, device)
+
+
+def flatten(grads: dict, loss: float, xp):
+    """One contiguous 1-D buffer: every gradient in ``grads``' order, then the loss (the allreduce's payload)."""
+    parts = [g.reshape(-1) for g in grads.values()]
+    dtype = parts[0].dtype
+    return xp.concatenate(parts + [xp.asarray([loss], dtype=dtype)])
+
+
+def unflatten(buf, grads: dict) -> tuple[float, dict]:
+    """(loss, {name: view of buf shaped like grads[name]}): the inverse of :func:`flatten`."""
+    out, offset = {}, 0
+    for k, g in grads.items():
+        out[k] = buf[offset:offset + g.size].reshape(g.shape)
+        offset += g.size
+    return float(buf[offset]), out

@@ -1,0 +1,94 @@
+"""The files of a training run in ``--out``, next to the checkpoints (all written atomically).
+
+- ``config.json``: every setting ("settings"), the model geometry ("model_config"), the dataset's
+  "class_names" and sizes (:func:`write_config`; read back by --resume and by the predict CLI);
+- ``metrics.jsonl``: one JSON object per line (:class:`MetricsLog`);
+- ``last.npz`` / ``best.npz``: parameters in the official checkpoint layout;
+- ``state.npz``: optimiser state, step, best validation accuracy, seed (:func:`save_state`, :func:`load_state`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import read_npz, save_checkpoint, save_npz_atomic
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_config(out: Path, settings: dict, model, ds, **sizes) -> None:
+    """config.json: {"settings", "model_config", "dataset", "num_classes", "class_names", "num_params", **sizes}."""
+    write_text_atomic(out / "config.json", json.dumps({
+        "settings": settings, "model_config": model.config.to_dict(), "dataset": ds.name,
+        "num_classes": ds.num_classes, "class_names": list(ds.class_names), **sizes,
+        "num_params": model.num_params()}, indent=2) + "\n")
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, flushed at once. On resume, lines past the resumed
+    step (written after the last checkpoint) are dropped so that the log matches the state.
+    ``enabled=False`` (MPI ranks other than 0) writes nothing."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if resume_step is not None and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            write_text_atomic(path, "".join(ln + "\n" for ln in kept))
+        elif path.exists():
+            path.unlink()
+
+    def write(self, **record):
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, seed: int) -> None:
+    """last.npz (parameters, official layout, model dtype) then state.npz (optimiser, step), atomically."""
+    save_checkpoint(out / "last.npz", model.params, dtype=None)
+    arrays = {f"opt/{k}": v for k, v in opt_state.items()}
+    arrays["step"] = np.array(step, np.int64)
+    arrays["best_val_accuracy"] = np.array(best_val, np.float64)
+    arrays["seed"] = np.array(seed, np.int64)
+    save_npz_atomic(out / "state.npz", arrays)
+
+
+def load_state(out: Path, model, opt_state: dict) -> tuple[int, float]:
+    """Restore parameters (last.npz) and optimiser state (state.npz) in place; return (step, best_val_accuracy).
+
+    Raises:
+        FileNotFoundError / ValueError: missing or mismatched files, naming them.
+    """
+    from .backend import to_device  # noqa: PLC0415
+
+    params = read_npz(out / "last.npz")
+    st = read_npz(out / "state.npz")
+    if set(params) != set(model.params):
+        raise ValueError(f"--resume: {out / 'last.npz'} does not hold this run's parameters")
+    for k in model.params:
+        model.params[k] = to_device(params[k], model.device, model.dtype)
+    missing = [k for k in opt_state if f"opt/{k}" not in st]
+    if missing:
+        raise ValueError(f"--resume: {out / 'state.npz'} lacks optimiser state {missing[:3]}")
+    for k in list(opt_state):
+        saved = st[f"opt/{k}"]
+        opt_state[k] = saved if k == "count" else to_device(saved, model.device, model.dtype)
+    return int(st["step"]), float(st["best_val_accuracy"])

@@ -1,0 +1,225 @@
+"""The training settings, defined once: :class:`TrainSettings` (a frozen dataclass).
+
+Each field carries its default, its help text, its choices and its command-line group; the
+``python -m scratchvit.train`` parser is generated from it (:func:`build_parser`, whose help shows the
+defaults from the dataclass), and presets (``scratchvit/presets/*.json``) and a run's ``config.json``
+load through :meth:`TrainSettings.from_dict`, which refuses unknown keys by name, as ``config.lock()``
+does in the official vit_jax. Resolution order: defaults <- preset (--config) <- command-line flags;
+with --resume, the run's own config.json, where only the settings in :data:`RUNTIME` may change.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from .configs import MODELS
+from .optim import SCHEDULES
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+GROUPS = ("hardware and numbers", "data", "model", "optimisation", "evaluation and output", "distributed (MPI)")
+# What may differ when a run is resumed: where it runs and how it reports, never what it computes.
+RUNTIME = ("device", "progress", "workers", "data_dir", "distributed", "mpi_timeout")
+
+
+def setting(default, group: int, help: str, choices=None):  # noqa: A002  (argparse's name)
+    """A dataclass field holding its command-line group (index into GROUPS), help text and choices."""
+    return dataclasses.field(default=default, metadata=dict(group=group, help=help, choices=choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Every setting of a training run (config.json's "settings"). Field names are the flags' names."""
+
+    device: str = setting("cpu", 0, "cpu (NumPy) or gpu (CuPy)", ("cpu", "gpu"))
+    dtype: str = setting("float32", 0, "parameters and activations", ("float32", "float64"))
+    seed: int = setting(0, 0, "seeds the initialisation, the validation split, the data order and the augmentation")
+    dataset: str = setting("cifar10", 1, "dataset", ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder"))
+    data_dir: str = setting(None, 1, "where the dataset files are; for imagefolder: ROOT with train/ and test/ "
+                            "(None: a system copy, then the data/ cache, then download)")
+    augment: str = setting("inception", 1, "training augmentation: inception = random crop of crop-min-area to "
+                           "100%% area + flip (the paper's fine-tuning); crop-flip = pad by 1/8 and random crop + "
+                           "flip; flip; none", ("inception", "crop-flip", "flip", "none"))
+    crop_min_area: float = setting(0.05, 1, "smallest crop area for --augment inception")
+    val_fraction: float = setting(0.02, 1, "share of the training set held out for validation")
+    workers: int = setting(2, 1, "threads preparing batches in the background")
+    skip_bad_images: bool = setting(False, 1, "imagefolder: skip and count unreadable image files instead of "
+                                    "stopping at the first one")
+    model: str = setting("ViT-B_16", 2, f"geometry name; one of {', '.join(MODELS)}")
+    image_size: int = setting(None, 2, "input side in pixels; images are resized to it (None: the model's, or the "
+                              "checkpoint's)")
+    patch_size: int = setting(None, 2, "patch side in pixels (None: the model's)")
+    hidden_size: int = setting(None, 2, "token width D (None: the model's)")
+    num_layers: int = setting(None, 2, "encoder blocks (None: the model's)")
+    num_heads: int = setting(None, 2, "attention heads (None: the model's)")
+    mlp_dim: int = setting(None, 2, "MLP hidden width (None: the model's)")
+    classifier: str = setting(None, 2, "class token or global average pooling (None: the model's)", ("token", "gap"))
+    gelu: str = setting(None, 2, "GELU form (None: tanh, as the official model)", ("tanh", "erf"))
+    checkpoint: str = setting(None, 2, "fine-tune from this official .npz (e.g. ViT-B_16.npz): the geometry comes "
+                              "from the file, the head is replaced by a zero head, the position embeddings are "
+                              "resized")
+    optimizer: str = setting("sgd", 3, "sgd (momentum) or adamw", ("sgd", "adamw"))
+    lr: float = setting(0.03, 3, "peak learning rate")
+    lr_sweep: str = setting(None, 3, "comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03: a short run of "
+                            "--sweep-steps for each, scored on the validation split, then the full run with the "
+                            "best")
+    sweep_steps: int = setting(200, 3, "steps of each --lr-sweep run")
+    momentum: float = setting(0.9, 3, "SGD momentum")
+    weight_decay: float = setting(0.0, 3, "decoupled weight decay")
+    schedule: str = setting("cosine", 3, "decay after warmup", SCHEDULES)
+    steps: int = setting(10000, 3, "optimiser steps")
+    epochs: float = setting(None, 3, "train for this many passes over the training split instead of --steps")
+    warmup_steps: int = setting(500, 3, "linear warmup steps")
+    batch_size: int = setting(512, 3, "images per optimiser step (global: shared by all MPI ranks)")
+    accum_steps: int = setting(1, 3, "split each (rank's) batch into this many micro-batches whose gradients are "
+                               "averaged: the same update with less memory")
+    grad_clip: float = setting(1.0, 3, "clip the global gradient norm at this value; 0 turns it off")
+    eval_every: int = setting(100, 4, "steps between validation passes and checkpoints")
+    eval_batch_size: int = setting(256, 4, "images per evaluation forward pass (per rank)")
+    out: str = setting("runs/latest", 4, "output folder")
+    progress: bool = setting(True, 4, "progress bar (--no-progress: one line per evaluation instead)")
+    distributed: str = setting("auto", 5, "auto: data-parallel over the MPI ranks when started by mpiexec/mpirun "
+                               "with more than one process; off: every process trains alone", ("auto", "off"))
+    mpi_timeout: float = setting(300.0, 5, "seconds a collective may wait for the other ranks before the run is "
+                                 "aborted with an error naming the step (a rank died or hangs)")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "TrainSettings":
+        """Settings from a dict (a preset or config.json's "settings"); missing keys take the defaults.
+
+        Raises:
+            ValueError: unknown keys (named, with ``where``), or a setting that cannot work (see validate).
+        """
+        d = {k: v for k, v in d.items() if k not in ("_comment", "resume")}
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{where}: unknown settings {unknown}")
+        return cls(**d)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting (as its flag) that cannot work."""
+        for k in ("batch_size", "accum_steps", "eval_every", "eval_batch_size", "sweep_steps", "workers"):
+            check_positive_int(getattr(self, k), flag(k))
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"--batch-size {self.batch_size} is not divisible by --accum-steps {self.accum_steps}")
+        if self.epochs is None:
+            check_positive_int(self.steps, "--steps")
+        elif not self.epochs > 0:
+            raise ValueError(f"--epochs must be positive, got {self.epochs}")
+        for k in ("lr", "mpi_timeout"):
+            if not getattr(self, k) > 0:
+                raise ValueError(f"{flag(k)} must be positive, got {getattr(self, k)}")
+        if self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("--warmup-steps and --grad-clip must be >= 0")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["choices"] and value is not None and value not in f.metadata["choices"]:
+                raise ValueError(f"{flag(f.name)} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (config.json's "settings")."""
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """SHA-256 of the settings that define what is computed (all but RUNTIME ones that may differ per rank)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("progress", "workers")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    replace = dataclasses.replace
+
+
+def check_positive_int(value, what: str) -> int:
+    """Return ``value`` if it is an int >= 1 (not a bool); else raise ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting: "batch_size" -> "--batch-size"."""
+    return "--" + name.replace("_", "-")
+
+
+def preset_names() -> list[str]:
+    """The names --config accepts without a path (the files in scratchvit/presets/)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def build_parser(prog="python -m scratchvit.train", description=None) -> argparse.ArgumentParser:
+    """The command-line parser, one flag per TrainSettings field, plus --config and --resume.
+
+    Every flag defaults to None ("not given"), so that a preset's value survives; the help shows the
+    dataclass's default.
+    """
+    ap = argparse.ArgumentParser(prog=prog, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="a preset: a JSON file of settings, or the name of one in "
+                    f"scratchvit/presets/ ({', '.join(preset_names())}); flags given on the command line win")
+    groups = [ap.add_argument_group(g) for g in GROUPS]
+    for f in dataclasses.fields(TrainSettings):
+        m, g = f.metadata, groups[f.metadata["group"]]
+        if f.type == "bool":
+            g.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{m['help']} (default: {'on' if f.default else 'off'})")
+            continue
+        kind = {"int": int, "float": float, "str": str}[f.type]
+        g.add_argument(flag(f.name), dest=f.name, type=kind, choices=m["choices"], default=None,
+                       help=f"{m['help']} (default: {f.default})")
+    groups[4].add_argument("--resume", action="store_true", help="continue the run in --out from its state.npz, "
+                           f"with the settings of its config.json (only {', '.join(map(flag, RUNTIME))} may change)")
+    return ap
+
+
+def load_preset(name_or_path: str) -> dict:
+    """Settings from a preset JSON file (a path, or a name in scratchvit/presets/), checked against TrainSettings.
+
+    Raises:
+        FileNotFoundError: no such preset. ValueError: not JSON, or unknown keys (named).
+    """
+    path = Path(name_or_path)
+    if not path.exists():
+        path = PRESETS_DIR / f"{name_or_path}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"--config {name_or_path!r}: no such file, and no preset of that name "
+                                f"({', '.join(preset_names())})")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {path}: not valid JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"--config {path}: must hold a JSON object of settings")
+    TrainSettings.from_dict(d, f"--config {path}")  # unknown keys fail here, naming the file
+    d.pop("_comment", None)
+    return d
+
+
+def resolve_settings(argv=None, description=None) -> tuple[TrainSettings, bool]:
+    """(settings, resume) from the command line: defaults <- preset <- flags; --resume: the run's config.json.
+
+    Raises:
+        FileNotFoundError: unknown preset, or nothing to resume. ValueError: a setting that cannot work.
+    """
+    args = build_parser(description=description).parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume")}
+    d = load_preset(args.config) if args.config else {}
+    if "steps" in given and "epochs" not in given:
+        d.pop("epochs", None)  # --steps on the command line beats a preset's epochs
+    d.update(given)
+    if not args.resume:
+        return TrainSettings.from_dict(d, "settings"), False
+    out = Path(d.get("out", TrainSettings.out))
+    cfg_path = out / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"--resume: {cfg_path} not found; nothing to resume in {out}")
+    saved = json.loads(cfg_path.read_text())["settings"]
+    keep = {k: given[k] for k in RUNTIME if k in given}
+    return TrainSettings.from_dict({**saved, **keep, "out": str(out)}, str(cfg_path)), True

@@ -1,0 +1,170 @@
+"""Data-parallel training over MPI ranks (scratchvit.distributed), run as ``mpiexec -n 2 python -m scratchvit.train``.
+
+The multi-process tests skip only where mpiexec or mpi4py is absent (.ci/run installs both). They use
+a tiny model on a tiny IDX dataset; each launches Python twice on 2 cores (seconds).
+"""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_train import fmnist_dir  # noqa: F401  (fixture: a small Fashion-MNIST in IDX files)
+
+from scratchvit import distributed, optim, train
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = shutil.which("mpiexec") or shutil.which("mpirun")
+needs_mpi = pytest.mark.skipif(MPIEXEC is None or importlib.util.find_spec("mpi4py") is None,
+                               reason="needs mpiexec and mpi4py (pip install 'scratchvit[mpi]'; apt-get install mpich)")
+TINY = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
+        "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "16", "--warmup-steps", "1", "--augment", "flip",
+        "--eval-every", "2", "--eval-batch-size", "16", "--no-progress", "--workers", "1", "--optimizer", "sgd",
+        "--lr", "0.1", "--grad-clip", "5"]
+
+
+def mpiexec(n: int) -> list[str]:
+    """The launcher's command line for n ranks; Open MPI refuses root and more ranks than cores without flags."""
+    version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
+    extra = ["--allow-run-as-root", "--oversubscribe"] if "Open MPI" in version or "OpenRTE" in version else []
+    return [MPIEXEC, *extra, "-n", str(n)]
+
+
+def launch(n, args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    """``mpiexec -n n python -m scratchvit.train args`` (one BLAS thread per rank); ``args`` may hold ":" (MPMD)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SCRATCHVIT_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           **(env or {})}
+    cmd = mpiexec(n) + [sys.executable, "-m", "scratchvit.train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def data_args(d, out, *extra):
+    return ["--dataset", "fashion-mnist", "--data-dir", str(d), "--out", str(out), *TINY, *extra]
+
+
+def assert_params_close(a_path, b_path, rtol):
+    """Every parameter equal to ``rtol`` relative to the largest parameter magnitude (an array whose gradient is
+    zero in exact arithmetic, as the attention key bias, holds rounding noise only; its own scale means nothing)."""
+    with np.load(a_path) as a, np.load(b_path) as b:
+        assert set(a.files) == set(b.files)
+        scale = max(float(np.abs(a[k]).max()) for k in a.files)
+        for k in a.files:
+            err = float(np.abs(a[k].astype(np.float64) - b[k]).max()) / scale
+            assert err <= rtol, f"{k}: difference {err:.3g} of the largest parameter > {rtol:g}"
+
+
+@needs_mpi
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-6), ("float64", 1e-12)])
+def test_two_ranks_equal_one_process(fmnist_dir, tmp_path, dtype, rtol):  # noqa: F811
+    extra = ("--steps", "4", "--dtype", dtype, "--accum-steps", "2")
+    assert train.main(data_args(fmnist_dir, tmp_path / "one", *extra)) == 0
+    r = launch(2, data_args(fmnist_dir, tmp_path / "two", *extra))
+    assert r.returncode == 0, r.stderr
+    assert "over 2 MPI ranks (8 images each)" in r.stdout
+    assert r.stdout.count("done: test accuracy") == 1  # rank 0 alone reports
+    assert_params_close(tmp_path / "one" / "last.npz", tmp_path / "two" / "last.npz", rtol)
+    one = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+    two = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(one) == len(two) == 5  # one writer: train+val at steps 2 and 4, then test
+    for x, y in zip(one, two, strict=True):
+        x, y = json.loads(x), json.loads(y)
+        assert (x["step"], x["split"]) == (y["step"], y["split"])
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        assert y.get("accuracy") == x.get("accuracy")  # the split evaluation counts every image once
+
+
+@needs_mpi
+def test_resume_on_two_ranks_a_run_stopped_on_one(fmnist_dir, tmp_path, monkeypatch):  # noqa: F811
+    extra = ("--steps", "8", "--dtype", "float64")
+    assert train.main(data_args(fmnist_dir, tmp_path / "straight", *extra)) == 0
+    real, calls = optim.accumulate_gradient, {"n": 0}
+
+    def interrupt_at_step_5(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(optim, "accumulate_gradient", interrupt_at_step_5)
+    assert train.main(data_args(fmnist_dir, tmp_path / "stopped", *extra)) == 130
+    monkeypatch.setattr(optim, "accumulate_gradient", real)
+    r = launch(2, ["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout and "at step 4 of 8" in r.stdout
+    assert_params_close(tmp_path / "straight" / "last.npz", tmp_path / "stopped" / "last.npz", 1e-12)
+
+
+@needs_mpi
+@pytest.mark.parametrize("how", ["hang", "exit"])
+def test_a_rank_that_hangs_or_dies_stops_the_others(fmnist_dir, tmp_path, how):  # noqa: F811
+    hook = "1:2" if how == "hang" else "1:2:exit"
+    # 10 s: long enough for the ranks' start-up skew on a loaded 2-core machine, short for a test
+    r = launch(2, data_args(fmnist_dir, tmp_path / "o", "--steps", "4", "--mpi-timeout", "10"),
+               env={"SCRATCHVIT_TEST_STALL": hook}, timeout=120)
+    assert r.returncode != 0
+    err = r.stderr + r.stdout
+    if how == "hang":  # our deadline fires
+        assert "rank 0/2: step 2: the gradient allreduce did not complete within 10 s" in err, err[-2000:]
+    # a rank that exits is either noticed by the launcher (which ends the job) or by rank 0's deadline
+    assert not (tmp_path / "o" / "metrics.jsonl").read_text().count('"step": 4')
+
+
+@needs_mpi
+def test_mismatched_settings_across_ranks_are_refused(fmnist_dir, tmp_path):  # noqa: F811
+    base = data_args(fmnist_dir, tmp_path / "o", "--steps", "4")
+    r = launch(1, [*base, "--lr", "0.1", ":", "-n", "1", sys.executable, "-m", "scratchvit.train", *base,
+                   "--lr", "0.2"])
+    assert r.returncode != 0
+    assert "the settings of rank(s) [1] differ from rank 0's" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "o" / "last.npz").exists()
+
+
+@needs_mpi
+def test_batch_must_split_over_ranks_and_micro_batches(fmnist_dir, tmp_path):  # noqa: F811
+    r = launch(2, data_args(fmnist_dir, tmp_path / "o", "--steps", "4", "--batch-size", "12", "--accum-steps", "4"))
+    assert r.returncode != 0
+    assert "--batch-size 12 is not divisible by 2 MPI ranks x --accum-steps 4" in r.stderr
+
+
+def test_missing_mpi4py_under_a_launcher_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails
+    with pytest.raises(RuntimeError, match=r"started as 2 MPI processes but mpi4py is not installed"):
+        distributed.init("auto")
+    assert isinstance(distributed.init("off"), distributed.Single)
+
+
+def test_single_process_is_the_identity():
+    d = distributed.Single()
+    x, y = np.arange(12).reshape(6, 2), np.arange(6)
+    xs, ys = d.shard(x, y)
+    assert xs is x and ys is y and d.split_range(7) == (0, 7) and (d.rank, d.size, d.is_main) == (0, 1, True)
+
+
+def test_flatten_then_unflatten_round_trips(rng):
+    grads = {"a": rng.standard_normal((3, 4)), "b/c": rng.standard_normal(5), "d": rng.standard_normal((2, 1, 2))}
+    buf = distributed.flatten(grads, 1.25, np)
+    assert buf.shape == (12 + 5 + 4 + 1,) and buf.flags.c_contiguous
+    buf *= 2  # the views must see changes to the buffer (the allreduce works in place)
+    loss, views = distributed.unflatten(buf, grads)
+    assert loss == 2.5
+    for k, g in grads.items():
+        np.testing.assert_array_equal(views[k], 2 * g)
+        assert np.shares_memory(views[k], buf)
+
+
+@pytest.mark.gpu
+@needs_mpi
+def test_two_gpu_ranks_reduce_with_nccl(fmnist_dir, tmp_path):  # noqa: F811
+    cupy = pytest.importorskip("cupy")
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("NCCL needs one GPU per rank: fewer than 2 CUDA devices")
+    extra = ("--steps", "4", "--dtype", "float64", "--device", "gpu")
+    assert train.main(data_args(fmnist_dir, tmp_path / "one", *extra)) == 0
+    r = launch(2, data_args(fmnist_dir, tmp_path / "two", *extra))
+    assert r.returncode == 0, r.stderr
+    assert_params_close(tmp_path / "one" / "last.npz", tmp_path / "two" / "last.npz", 1e-12)
