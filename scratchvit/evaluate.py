@@ -16,23 +16,17 @@ from .backend import keep_freed_memory, to_numpy
 
 
 def open_dataset(name: str, data_dir=None, image_size: int | None = None, skip_bad_images: bool = False, log=None):
-    """:func:`scratchvit.data.load_dataset` as the CLIs call it: ``image_size`` (the model's) only for
-    imagefolder, which streams and resizes its files; ``skip_bad_images`` only when set; ``log`` (a callable
-    for progress lines) where the loader takes it.
+    """:func:`scratchvit.data.load_dataset` as the CLIs call it: ``image_size`` (the model's input side,
+    pixels) is passed for imagefolder only, which streams and resizes its files; ``log`` is a callable for
+    progress lines (which source a dataset comes from).
 
     Raises:
         ValueError / FileNotFoundError / RuntimeError: from the loader, naming the file or folder.
     """
-    import inspect  # noqa: PLC0415
-
     from .data import load_dataset  # noqa: PLC0415
 
-    kwargs = {"image_size": image_size} if name == "imagefolder" else {}
-    if skip_bad_images:
-        kwargs["skip_bad_images"] = True
-    if log is not None and "log" in inspect.signature(load_dataset).parameters:
-        kwargs["log"] = log
-    return load_dataset(name, data_dir=data_dir, **kwargs)
+    return load_dataset(name, data_dir=data_dir, image_size=image_size if name == "imagefolder" else None,
+                        skip_bad_images=skip_bad_images, log=log)
 
 
 def evaluate(model, images, labels, batch_size: int = 256, progress: bool = False, workers: int = 2,

@@ -21,13 +21,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .backend import get_xp, to_numpy
+from .data import load_image
 from .model import ViT
 from .rollout import attention_rollout, overlay_panel, save_png_atomic
 
-CROP_RATIO = 0.875
 IMAGENET_LABELS = Path(__file__).resolve().parent / "labels" / "imagenet1k.txt"
 
 
@@ -36,21 +35,18 @@ class InputError(Exception):
 
 
 def _load_image(path, image_size: int) -> np.ndarray:
-    """(S, S, 3) uint8 RGB: EXIF-transposed, shorter side resized to round(S / 0.875), centre crop S."""
+    """(S, S, 3) uint8 RGB, the evaluation view (:func:`scratchvit.data.load_image`: EXIF-transposed,
+    shorter side resized to round(S / 0.875), centre crop S).
+
+    Raises:
+        InputError: the file is missing or cannot be decoded (the message names it).
+    """
+    if not Path(path).is_file():
+        raise InputError(f"image not found: {str(path)!r}")
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            w, h = im.size
-            short = round(image_size / CROP_RATIO)
-            scale = short / min(w, h)
-            nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
-            im = im.resize((nw, nh), Image.BILINEAR)
-            left, top = (nw - image_size) // 2, (nh - image_size) // 2
-            return np.asarray(im.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
-    except FileNotFoundError as e:
-        raise InputError(f"image not found: {str(path)!r}") from e
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"cannot read image {str(path)!r}: {e}") from e
+        return load_image(path, image_size)
+    except (OSError, ValueError) as e:
+        raise InputError(str(e)) from e
 
 
 def read_labels(path) -> list[str]:

@@ -127,7 +127,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, rng, capsys, case):
     elif case == "unreadable image":
         (tmp_path / "bad.png").write_text("not an image")
         args += [good, str(tmp_path / "bad.png")]
-        want = "cannot read image"
+        want = "bad.png: cannot be read as an image"
     elif case == "missing checkpoint":
         args = ["--checkpoint", str(tmp_path / "none.npz"), good]
         want = "checkpoint not found"

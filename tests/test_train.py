@@ -2,14 +2,13 @@
 import dataclasses
 import gzip
 import json
-import urllib.error
 
 import numpy as np
 import pytest
 
 import scratchvit as sv
 from scratchvit import evaluate, optim, settings, train
-from scratchvit.data import datasets as D
+from scratchvit.data.idx import IDX_FILES
 
 TINY = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
         "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "16", "--warmup-steps", "2", "--augment", "none",
@@ -30,16 +29,13 @@ def learnable_images(labels, rng):
 
 
 @pytest.fixture
-def fmnist_dir(tmp_path, monkeypatch):
+def fmnist_dir(tmp_path, isolated_data):
     """A small Fashion-MNIST in the official IDX .gz format; no system copy, no network."""
-    monkeypatch.setenv("SCRATCHVIT_DATA", str(tmp_path / "cache"))
-    monkeypatch.setitem(D.SYSTEM_DIRS, "fashion-mnist", [])
-    monkeypatch.setattr(D, "_urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
     rng = np.random.default_rng(0)
     ytr, yte = rng.integers(0, 10, 400), rng.integers(0, 10, 100)
     d = tmp_path / "fmnist"
     d.mkdir()
-    for stem, a in zip(D._IDX_FILES, (learnable_images(ytr, rng), ytr, learnable_images(yte, rng), yte), strict=True):
+    for stem, a in zip(IDX_FILES, (learnable_images(ytr, rng), ytr, learnable_images(yte, rng), yte), strict=True):
         (d / f"{stem}.gz").write_bytes(idx(a))
     return d
 
@@ -170,9 +166,7 @@ def test_evaluate_cli_bad_input_is_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and "none.npz" in err and len(err.splitlines()) == 1
 
 
-def test_missing_dataset_names_file_and_address(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SCRATCHVIT_DATA", str(tmp_path / "cache"))
-    monkeypatch.setattr(D, "_urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+def test_missing_dataset_names_file_and_address(tmp_path, isolated_data, capsys):
     assert train.main(["--dataset", "cifar10", "--out", str(tmp_path / "o"), "--steps", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "cifar-10-python.tar.gz" in err and "https://www.cs.toronto.edu/" in err

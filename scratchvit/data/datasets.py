@@ -13,13 +13,12 @@ import numpy as np
 
 from .checks import check_positive_int
 from .cifar import CIFAR, load_cifar
-from .idx import IDX, IDX_FILES, SYSTEM_DIRS, load_idx
+from .idx import IDX, load_idx
 from .imagefolder import ImageFiles, load_imagefolder
-from .sources import _urlopen, default_log  # noqa: F401  (_urlopen: older tests patch it here; patch sources)
+from .sources import default_log
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder")
-_IDX_FILES = IDX_FILES  # the names tests/test_train.py uses
-__all__ = ["DATASETS", "Dataset", "SYSTEM_DIRS", "load_dataset", "split_train_val"]
+__all__ = ["DATASETS", "Dataset", "load_dataset", "split_train_val"]
 
 
 @dataclass
