@@ -105,8 +105,8 @@ def format_report(dataset_name, class_names, result, cm) -> str:
 def main(argv=None) -> int:
     keep_freed_memory()
     from . import ViT  # noqa: PLC0415
+    from .checks import check_positive_int  # noqa: PLC0415
     from .data import DATASETS  # noqa: PLC0415
-    from .settings import check_positive_int  # noqa: PLC0415
 
     ap = argparse.ArgumentParser(prog="python -m scratchvit.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,8 +126,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        check_positive_int(args.batch_size, "--batch-size")
-        check_positive_int(args.workers, "--workers")
+        check_positive_int("--batch-size", args.batch_size)
+        check_positive_int("--workers", args.workers)
         model = ViT.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, gelu=args.gelu)
         ds = open_dataset(args.dataset, args.data_dir, image_size=model.config.image_size,
                           skip_bad_images=args.skip_bad_images, log=lambda m: print(m, file=sys.stderr))

@@ -15,6 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from .checks import check_positive_int
 from .configs import MODELS
 from .optim import SCHEDULES
 
@@ -104,11 +105,11 @@ class TrainSettings:
     def validate(self) -> None:
         """Raise ValueError naming the setting (as its flag) that cannot work."""
         for k in ("batch_size", "accum_steps", "eval_every", "eval_batch_size", "sweep_steps", "workers"):
-            check_positive_int(getattr(self, k), flag(k))
+            check_positive_int(flag(k), getattr(self, k))
         if self.batch_size % self.accum_steps:
             raise ValueError(f"--batch-size {self.batch_size} is not divisible by --accum-steps {self.accum_steps}")
         if self.epochs is None:
-            check_positive_int(self.steps, "--steps")
+            check_positive_int("--steps", self.steps)
         elif not self.epochs > 0:
             raise ValueError(f"--epochs must be positive, got {self.epochs}")
         for k in ("lr", "mpi_timeout"):
@@ -135,13 +136,6 @@ class TrainSettings:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     replace = dataclasses.replace
-
-
-def check_positive_int(value, what: str) -> int:
-    """Return ``value`` if it is an int >= 1 (not a bool); else raise ValueError naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 def flag(name: str) -> str:

@@ -117,7 +117,7 @@ def test_eval_view_is_shorter_side_resize_then_centre_crop(tmp_path):
     out = load_image(tmp_path / "g.png", 14)  # shorter side 50 -> round(14 / 0.875) = 16: 32 x 16, crop 14
     two_step = np.asarray(Image.fromarray(smooth).resize((32, 16), Image.BILINEAR))[1:15, 9:23]
     assert np.abs(out.astype(int) - two_step).mean() < 3.0
-    with pytest.raises(ValueError, match=r"image_size must be a positive int"):
+    with pytest.raises(ValueError, match=r"image_size must be a positive integer"):
         load_image(tmp_path / "g.png", 0)
 
 

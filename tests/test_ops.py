@@ -147,7 +147,7 @@ def test_gelu(rng, approximate):
 
 
 def test_gelu_values():
-    from math import erf, sqrt, tanh, pi
+    from math import erf, pi, sqrt, tanh
     x = np.array([-3.0, -1.0, -0.1, 0.0, 0.5, 2.0])
     exact = np.array([0.5 * v * (1 + erf(v / sqrt(2))) for v in x])
     approx = np.array([0.5 * v * (1 + tanh(sqrt(2 / pi) * (v + 0.044715 * v ** 3))) for v in x])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import check_positive_int
+from ..checks import check_positive_int
 from .cifar import CIFAR, load_cifar
 from .idx import IDX, load_idx
 from .imagefolder import ImageFiles, load_imagefolder

@@ -24,7 +24,7 @@ import math
 import numpy as np
 from PIL import Image, ImageOps
 
-from .checks import check_positive_int
+from ..checks import check_positive_int
 from .transforms import AUGMENTS, pad_crop_batch, sample_inception_box
 
 EVAL_CROP_RATIO = 0.875  # centre crop = 87.5 % of the resized shorter side

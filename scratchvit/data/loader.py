@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .checks import check_positive_int
+from ..checks import check_positive_int
 from .imagefolder import ImageFiles
 from .images import BadImage, load_image, train_image
 from .sources import default_log

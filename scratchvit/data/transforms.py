@@ -16,7 +16,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from .checks import check_positive_int
+from ..checks import check_positive_int
 
 AUGMENTS = ("inception", "flip", "crop-flip", "none")
 

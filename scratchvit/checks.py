@@ -1,4 +1,4 @@
-"""The argument check shared by the data modules: one definition of "a positive whole number"."""
+"""The one argument check shared by the package (data loaders, settings, CLIs): "a positive whole number"."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ def check_positive_int(name: str, value, minimum: int = 1, unit: str = "") -> in
     """Check that ``value`` is an int (Python or NumPy, not bool) ``>= minimum``; return it as int.
 
     Args:
-        name: the argument's name, used in the message (e.g. ``"image_size"``).
+        name: the argument's name, used in the message (e.g. ``"image_size"`` or ``"--batch-size"``).
         value: the value to check.
         minimum: the smallest value allowed (1 for sizes and counts, 0 for a first step).
         unit: optional unit named in the message, e.g. ``"pixels"``.
@@ -21,6 +21,6 @@ def check_positive_int(name: str, value, minimum: int = 1, unit: str = "") -> in
             names ``name`` and the value received.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {what}{f' ({unit})' if unit else ''}, got {value!r}")
     return int(value)
