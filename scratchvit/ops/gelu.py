@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 
-from ..backend import blockwise, get_xp
+from ..backend import get_xp
+from ..cpu import blockwise
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
