@@ -44,6 +44,7 @@ SMALL_PRODUCT = 4 * 65536
 MIN_SHARD = 1
 
 _configured: dict | None = None
+_timeout_before_numpy = False
 _blas_fns = None  # None: not looked up yet; False: no OpenBLAS reachable; else (get, set)
 _pool = None
 _local = threading.local()  # .serial: this thread already runs a shard; no nested parallelism
@@ -80,13 +81,14 @@ def configure() -> dict:
 def set_openblas_env() -> bool:
     """Set ``OPENBLAS_THREAD_TIMEOUT=4`` (unless set, or tuning is off) while NumPy is not imported.
 
-    Called on ``import scratchvit`` and by :func:`configure`. Returns True if OpenBLAS will read
-    the variable (NumPy not loaded yet), False if it is too late or tuning is off.
+    Called on ``import scratchvit`` and by :func:`configure`. Returns True if it was set in time, by
+    this call or an earlier one (NumPy not loaded yet), False if it is too late or tuning is off.
     """
-    if not tuning_enabled() or "numpy" in sys.modules:
-        return False
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-    return True
+    global _timeout_before_numpy
+    if tuning_enabled() and "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+        _timeout_before_numpy = True
+    return _timeout_before_numpy
 
 
 def keep_freed_memory() -> bool:

@@ -44,7 +44,7 @@ def _pre_logits_forward(x, kernel, bias):
 
 def _pre_logits_backward(R, cache):
     c1, c2 = cache
-    return dict(zip(("x", "kernel", "bias"), ops.dense_backward(ops.tanh_backward(R, c2), c1)))
+    return dict(zip(("x", "kernel", "bias"), ops.dense_backward(ops.tanh_backward(R, c2), c1), strict=True))
 
 
 LABELS = np.array([0, 4, 2, 2])
@@ -53,19 +53,20 @@ CASES = {
     "dense": (lambda r: {"x": r.standard_normal((2, 3, 5)), "kernel": r.standard_normal((5, 4)),
                          "bias": r.standard_normal(4)},
               ops.dense_forward,
-              lambda R, c: dict(zip(("x", "kernel", "bias"), ops.dense_backward(R, c)))),
+              lambda R, c: dict(zip(("x", "kernel", "bias"), ops.dense_backward(R, c), strict=True))),
     "pre_logits": (lambda r: {"x": r.standard_normal((3, 5)), "kernel": r.standard_normal((5, 4)) * 0.5,
                               "bias": r.standard_normal(4)},
                    _pre_logits_forward, _pre_logits_backward),
-    "patch_embedding": (lambda r: {"images": r.standard_normal((2, 8, 12, 3)), "kernel": r.standard_normal((4, 4, 3, 5)),
-                                   "bias": r.standard_normal(5)},
+    "patch_embedding": (lambda r: {"images": r.standard_normal((2, 8, 12, 3)),
+                                   "kernel": r.standard_normal((4, 4, 3, 5)), "bias": r.standard_normal(5)},
                         ops.patch_embedding_forward,
                         lambda R, c: dict(zip(("images", "kernel", "bias"),
-                                              ops.patch_embedding_backward(R, c, need_dx=True)))),
+                                              ops.patch_embedding_backward(R, c, need_dx=True), strict=True))),
     "layer_norm": (lambda r: {"x": r.standard_normal((2, 3, 6)) * 3 + 1, "scale": r.standard_normal(6),
                               "bias": r.standard_normal(6)},
                    ops.layer_norm_forward,
-                   lambda R, c: dict(zip(("x", "scale", "bias"), ops.layer_norm_backward(R, c)))),
+                   lambda R, c: dict(zip(("x", "scale", "bias"), ops.layer_norm_backward(R, c),
+                                         strict=True))),
     **{f"attention_{h}_heads": _attention_case(h) for h in (1, 2, 3, 4)},
     "softmax": (lambda r: {"s": r.standard_normal((2, 3, 5))},
                 lambda s: (ops.softmax_forward(s.copy()),) * 2,
@@ -146,7 +147,7 @@ def test_attention_matches_naive_per_head_loop(rng):
 
 
 def test_gelu_values():
-    from math import erf, sqrt, tanh, pi
+    from math import erf, pi, sqrt, tanh
     x = np.array([-3.0, -1.0, -0.1, 0.0, 0.5, 2.0])
     exact = np.array([0.5 * v * (1 + erf(v / sqrt(2))) for v in x])
     approx = np.array([0.5 * v * (1 + tanh(sqrt(2 / pi) * (v + 0.044715 * v ** 3))) for v in x])
@@ -193,17 +194,18 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
 
     whole = run()
     monkeypatch.setattr(cpu, "BLOCK_ELEMENTS", 1)  # one row (one image for attention) per block
-    for a, b in zip(whole, run()):  # blocks on threads, BLAS held to one thread where it is OpenBLAS
+    # blocks on threads, BLAS held to one thread where it is OpenBLAS
+    for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
     monkeypatch.setattr(cpu, "_blas_fns", False)  # as with a BLAS that cannot be held...
     monkeypatch.setattr(cpu, "SMALL_PRODUCT", 1)  # ...the products go by one query / key row
     from scratchvit.ops import attention
 
     assert len(attention._row_chunks(7, 7, 4, np)) == 7
-    for a, b in zip(whole, run()):
+    for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
     monkeypatch.setattr(cpu, "NUM_THREADS", 1)
-    for a, b in zip(whole, run()):
+    for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
 
 
