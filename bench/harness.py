@@ -144,22 +144,17 @@ class ScratchRunner:
         from scratchvit import ops
 
         m = self.model
-        t0 = time.perf_counter()
-        logits, caches = m.forward(self.images, keep_cache=True)
-        _, ce = ops.softmax_cross_entropy_forward(logits, self.labels)
-        sync(self.device)
-        t1 = time.perf_counter()
-        grads = m.backward(ops.softmax_cross_entropy_backward(ce), caches)
-        sync(self.device)
-        t2 = time.perf_counter()
-        self.optim.clip_by_global_norm(grads, 1.0)
-        self.opt.update(m.params, grads, self.state, self.lr)
-        sync(self.device)
-        t3 = time.perf_counter()
-        m.forward(self.images)
-        sync(self.device)
-        t4 = time.perf_counter()
-        return {"forward": t1 - t0, "backward": t2 - t1, "update": t3 - t2, "inference": t4 - t3}
+
+        def forward(_):
+            logits, caches = m.forward(self.images, keep_cache=True)
+            return caches, ops.softmax_cross_entropy_forward(logits, self.labels)[1]
+
+        def update(grads):
+            self.optim.clip_by_global_norm(grads, 1.0)
+            self.opt.update(m.params, grads, self.state, self.lr)
+
+        return timed(self.device, forward, lambda c: m.backward(ops.softmax_cross_entropy_backward(c[1]), c[0]),
+                     update, lambda _: m.forward(self.images))
 
     def logits(self):
         from scratchvit.backend import to_numpy
@@ -212,25 +207,22 @@ class TorchRunner:
         return {"step": t1 - t0, "loss": float(loss.detach())}
 
     def parts(self) -> dict:
+        """Training forward and loss, backward, update, inference forward under no_grad - timed apart."""
         torch, F = self.torch, self.F
-        t0 = time.perf_counter()
-        self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.fn(self.images), self.labels)
-        sync(self.device)
-        t1 = time.perf_counter()
-        loss.backward()
-        sync(self.device)
-        t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        sync(self.device)
-        t3 = time.perf_counter()
-        with torch.no_grad():
-            t4 = time.perf_counter()
-            self.fn(self.images)
-            sync(self.device)
-            t5 = time.perf_counter()
-        return {"forward": t1 - t0, "backward": t2 - t1, "update": t3 - t2, "inference": t5 - t4}
+
+        def forward(_):
+            self.opt.zero_grad(set_to_none=True)
+            return F.cross_entropy(self.fn(self.images), self.labels)
+
+        def update(_):
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+
+        def inference(_):
+            with torch.no_grad():
+                self.fn(self.images)
+
+        return timed(self.device, forward, lambda loss: loss.backward(), update, inference)
 
     def logits(self):
         with self.torch.no_grad():
@@ -240,6 +232,21 @@ class TorchRunner:
         import torch_reference as tr
 
         return tr.loss_and_grads(self.module, self.images, self.labels)
+
+
+PARTS = ("forward", "backward", "update", "inference")
+
+
+def timed(device: str, *fns) -> dict:
+    """Call ``fns`` in order, each given the previous one's result (None first); seconds each,
+    the device synchronised after each, keyed by PARTS."""
+    out, x = {}, None
+    for name, fn in zip(PARTS, fns, strict=True):
+        t = time.perf_counter()
+        x = fn(x)
+        sync(device)
+        out[name] = time.perf_counter() - t
+    return out
 
 
 def run_interleaved(runners, method: str, warmup: int, steps: int, pause: float = 0.0) -> list[list[dict]]:

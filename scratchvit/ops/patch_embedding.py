@@ -1,4 +1,7 @@
-"""Patch embedding: split the image into P x P patches and project each to D (paper Eq. 1).
+"""Patch embedding: split the image into P x P patches and project each to D.
+
+This is the patch projection x_p E of the paper's Eq. 1 only; the class token and the position
+embedding E_pos of Eq. 1 are added in the model (``ViT._forward``).
 
 Official parameters (vit_jax ``models_vit.VisionTransformer``: ``nn.Conv(..., strides=P, name='embedding')``):
 ``embedding/kernel`` (P, P, C, D) in HWIO layout and ``embedding/bias`` (D,). A stride-P
