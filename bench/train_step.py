@@ -19,10 +19,9 @@ measurement twice, each in a fresh subprocess:
 
 * ``plain``: a plain script - NumPy imported first, then scratchvit, no CLI settings (scratchvit's
   CPU settings apply themselves when the model is built; OpenBLAS's thread timeout cannot);
-* ``cli``: as ``python -m scratchvit.train`` - scratchvit imported first, ``cpu.configure()``.
-
-torch.compile runs in the ``cli`` process only (it does not depend on how NumPy was loaded, and it
-takes a while to compile); a failure is reported in one line.
+* ``cli``: as ``python -m scratchvit.train`` - scratchvit imported first, ``cpu.configure()``;
+* ``compile``: CLI-like, with ``torch.compile(model)`` in place of PyTorch eager (a third process,
+  so that the plain and CLI-like processes hold the same runners); a failure is reported in one line.
 """
 from __future__ import annotations
 
@@ -59,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed steps per runner and round (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per runner first (default 1)")
     p.add_argument("--compare", choices=["torch"], default=None, help="time the same step in PyTorch too")
-    p.add_argument("--mode", choices=["plain", "cli", "both"], default=None,
+    p.add_argument("--mode", choices=["plain", "cli", "compile", "both"], default=None,
                    help="how the process is set up (see above); default: both with --compare torch, else cli")
-    p.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile runner")
+    p.add_argument("--no-torch-compile", action="store_true", help="with --mode both: skip the torch.compile process")
     p.add_argument("--torch-sdpa", action="store_true",
                    help="PyTorch attention via F.scaled_dot_product_attention (default: explicit softmax(QK^T)V)")
     p.add_argument("--parts", action="store_true", help="also time forward / backward / update / inference apart")
@@ -116,18 +115,19 @@ def measure(args) -> dict:
             torch.set_num_threads(args.threads)
         res["machine"].update(torch=torch.__version__, torch_threads=torch.get_num_threads())
         params = runners[0].params_numpy()
-        runners.append(h.TorchRunner(params, cfg, images, labels, args.device, args.dtype, sdpa=args.torch_sdpa))
-        res["agreement"] = h.compare_outputs(runners[0], runners[1])
-        if args.mode == "cli" and not args.no_torch_compile:
-            try:
-                comp = h.TorchRunner(params, cfg, images, labels, args.device, args.dtype, compile_model=True,
-                                     sdpa=args.torch_sdpa)
-                t = time.perf_counter()
-                comp.step()
-                res["torch_compile_seconds"] = time.perf_counter() - t
-                runners.append(comp)
-            except Exception as e:  # noqa: BLE001 - optional runner: report why in one line and go on
-                res["torch_compile_error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
+        compile_model = args.mode == "compile"
+        try:
+            t = time.perf_counter()
+            runners.append(h.TorchRunner(params, cfg, images, labels, args.device, args.dtype,
+                                         compile_model=compile_model, sdpa=args.torch_sdpa))
+            res["agreement"] = h.compare_outputs(runners[0], runners[1])  # before any update
+            runners[-1].step()  # compiles, in the compile process
+            res["torch_setup_seconds"] = time.perf_counter() - t
+        except Exception as e:  # noqa: BLE001 - torch.compile may fail on a machine: say why in one line
+            if not compile_model:
+                raise
+            res["torch_compile_error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
+            return res
     res["peak"] = probes.measure_matmul_peak(args.dtype, device=args.device)
     times = h.run_rounds(runners, args.rounds, args.steps, args.warmup, args.pause)
     res["frameworks"] = {}
@@ -215,15 +215,15 @@ def strip(argv: list[str], *flags: str) -> list[str]:
 def line(res: dict) -> str:
     """One summary line of a process's result."""
     if "error" in res:
-        return f"{res.get('mode', '?'):6s} failed: {res['error']}"
+        return f"failed: {res['error']}"
+    if "frameworks" not in res:
+        return f"{res['process']['mode']:7s} torch.compile failed: {res.get('torch_compile_error')}"
     fw = res["frameworks"]
-    out = f"{res['process']['mode']:6s}" + "".join(f" | {n} {v['images_per_s']:8.2f} img/s" for n, v in fw.items())
+    out = f"{res['process']['mode']:7s}" + "".join(f" | {n} {v['images_per_s']:8.2f} img/s" for n, v in fw.items())
     for n in fw:
         if f"ratio_over_{n}" in res:
             r = res[f"ratio_over_{n}"]
             out += f" | vs {n} {r['median']:.3f}x ({r['min']:.3f}-{r['max']:.3f})"
-    if "torch_compile_error" in res:
-        out += f" | torch.compile failed: {res['torch_compile_error']}"
     return out + f" | load {res['machine']['load_average'][0]:.2f}"
 
 
@@ -235,7 +235,8 @@ def run(argv: list[str], args) -> dict:
         res = measure(args)
     else:
         sub = strip(argv, "--mode", "--json", "--suite", "--memory")
-        res = {"modes": {m: child(sub, ["--mode", m]) for m in ("plain", "cli")}}
+        modes = ("plain", "cli") + (() if args.no_torch_compile or not args.compare else ("compile",))
+        res = {"modes": {m: child(sub, ["--mode", m]) for m in modes}}
     if args.memory:
         base = strip(argv, "--mode", "--json", "--suite", "--memory", "--profile", "--parts")
         res["memory"] = {fw: child(base, ["--_probe", fw]) for fw in ("scratchvit", "torch")[:1 + bool(args.compare)]}
