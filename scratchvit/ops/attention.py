@@ -21,6 +21,7 @@ import math
 from .. import cpu
 from ..backend import get_xp
 from ..cpu import blockwise, single_threaded_blas
+from .dense import sum_rows
 
 NAMES = ("query", "key", "value", "out")  # the official sub-names (params.ATTN_PROJ once merged)
 
@@ -158,7 +159,7 @@ def attention_backward(dy, cache):
     dy2d = dy.reshape(B * N, D)
     grads = {
         "out/kernel": (ctx2d.T @ dy2d).reshape(H, hd, D),
-        "out/bias": dy2d.sum(axis=0),
+        "out/bias": sum_rows(dy2d),
     }
     dctx = (dy2d @ w_out.T).reshape(B, N, H, hd).transpose(0, 2, 1, 3)  # (B, H, N, hd) view
     dqkv = xp.empty((B, N, 3, H, hd), dtype=dy.dtype)
@@ -167,7 +168,7 @@ def attention_backward(dy, cache):
         blockwise(lambda *blk: _core_backward(*blk, scale, whole), q, kt, v, a, dctx, dq, dk, dv)
     dqkv2d = dqkv.reshape(B * N, 3 * D)
     dw = x2d.T @ dqkv2d  # (D, 3D)
-    db = dqkv2d.sum(axis=0)
+    db = sum_rows(dqkv2d)
     for i, n in enumerate(NAMES[:3]):
         grads[f"{n}/kernel"] = dw[:, i * D:(i + 1) * D].reshape(D, H, hd)
         grads[f"{n}/bias"] = db[i * D:(i + 1) * D].reshape(H, hd)

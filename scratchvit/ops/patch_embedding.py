@@ -10,6 +10,8 @@ convolution with a P x P kernel is exactly a reshape of the image into patches, 
 """
 from __future__ import annotations
 
+from .dense import sum_rows
+
 
 def image_to_patches(images, patch_size):
     """(B, H, W, C) -> (B * N, P * P * C), patches in raster order, pixels in (row, col, channel) order.
@@ -79,7 +81,7 @@ def patch_embedding_backward(dtokens, cache, need_dx=False):
     P, _, C, D = kernel.shape
     dy = dtokens.reshape(-1, D)
     dkernel = (patches.T @ dy).reshape(kernel.shape)
-    dbias = dy.sum(axis=0)
+    dbias = sum_rows(dy)
     dimages = None
     if need_dx:
         dimages = patches_to_image(dy @ kernel.reshape(-1, D).T, image_shape, P)
