@@ -18,19 +18,19 @@ import datetime as _dt
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
-import train_step as ts  # noqa: E402  (stdlib-only at import time: NumPy is not imported yet)
+import harness as h  # bench/ is on sys.path when this runs as a script; stdlib-only at import time
+import probes
+
+BENCH_DIR = h.BENCH_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ts.add_model_args(p)
+    h.add_model_args(p)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 8 16 32 64")
     p.add_argument("--image-sizes", type=int, nargs="+", default=None, help="default 64 128 224")
     p.add_argument("--batch-size", type=int, default=None,
@@ -51,19 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
 def measure_point(args, image_size: int, batch: int) -> dict:
     from scratchvit import flops
 
-    cfg = ts.make_config(argparse.Namespace(**{**vars(args), "image_size": image_size}))
-    images, labels = ts.make_batch(cfg, batch, args.dtype, args.seed)
-    runners = [ts.ScratchRunner(cfg, images, labels, args.device, args.dtype, args.seed)]
+    cfg = h.make_config(argparse.Namespace(**{**vars(args), "image_size": image_size}))
+    images, labels = h.make_batch(cfg, batch, args.dtype, args.seed)
+    runners = [h.ScratchRunner(cfg, images, labels, args.device, args.dtype, args.seed)]
     if not args.no_torch:
         params_np = runners[0].params_numpy()
-        runners.append(ts.TorchRunner(params_np, cfg, images, labels, args.device, args.dtype,
+        runners.append(h.TorchRunner(params_np, cfg, images, labels, args.device, args.dtype,
                                       sdpa=args.torch_sdpa))
     t0 = time.perf_counter()
-    steps = ts.run_interleaved(runners, "step", args.warmup, args.steps, args.pause)
+    steps = h.run_interleaved(runners, "step", args.warmup, args.steps, args.pause)
     out = {"image_size": image_size, "batch_size": batch, "tokens": cfg.seq_len,
            "train_step_flops": flops.train_step_flops(cfg, batch), "wall_s": time.perf_counter() - t0}
-    for r, st in zip(runners, steps):
-        s = ts.summarize([x["step"] for x in st])
+    for r, st in zip(runners, steps, strict=True):
+        s = h.summarize([x["step"] for x in st])
         med = s["median_ms"] / 1e3
         out[r.name] = {"step": s, "images_per_s": batch / med, "gflops": out["train_step_flops"] / med / 1e9}
     if "pytorch" in out:
@@ -81,7 +81,7 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     sweeps = (("batch", "batch_size", "batch size", f"{res['image_size']} px"),
               ("image", "image_size", "image size (px)", f"batch {res['batch_size']}"))
-    for ax, (key, xkey, xlabel, fixed) in zip(axes, sweeps):
+    for ax, (key, xkey, xlabel, fixed) in zip(axes, sweeps, strict=True):
         pts = res["sweeps"][key]
         xs = [p[xkey] for p in pts]
         for name, style in (("scratchvit", "o-"), ("pytorch", "s--")):
@@ -113,8 +113,7 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    ts.set_thread_env(args.threads)
-    sys.path.insert(0, str(ts.REPO))
+    h.set_thread_env(args.threads)
     if args.quick:
         args.num_layers = args.num_layers or 4
         args.batch_sizes = args.batch_sizes or [4, 8, 16]
@@ -135,14 +134,14 @@ def main(argv=None) -> dict:
         if args.threads:
             torch.set_num_threads(args.threads)
 
-    peak = ts.measure_matmul_peak(args.dtype, device=args.device)
+    peak = probes.measure_matmul_peak(args.dtype, device=args.device)
     res = {"model": args.model, "overrides": {k: getattr(args, k) for k in (
                "patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "num_classes")},
            "image_size": args.image_size, "batch_size": args.batch_size, "dtype": args.dtype,
            "device": args.device, "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
            "date": _dt.datetime.now().isoformat(timespec="seconds"),
            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "numpy": np.__version__,
-                       "blas_threads": ts.blas_threads()},
+                       "blas_threads": probes.blas_threads()},
            "peak": peak, "sweeps": {"batch": [], "image": []}}
     if not args.no_torch:
         res["machine"]["torch"] = torch.__version__
@@ -163,7 +162,8 @@ def main(argv=None) -> dict:
         return cache[(image_size, batch)]
 
     t0 = time.perf_counter()
-    print(f"{args.model} {res['overrides']}, {args.dtype}, {args.device}; matmul peak {peak['peak_gflops']:.1f} GFLOP/s")
+    print(f"{args.model} {res['overrides']}, {args.dtype}, {args.device}; "
+          f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s")
     print(f"batch sweep at {args.image_size} px:")
     for b in args.batch_sizes:
         res["sweeps"]["batch"].append(point(args.image_size, b))

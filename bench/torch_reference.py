@@ -226,7 +226,8 @@ def _simple_map(model: TorchViT) -> dict[str, tuple[str, Callable, Callable]]:
     ident = lambda a: a  # noqa: E731
     dense_k = (lambda a: a.T, lambda a: a.T)  # (in, out) <-> Linear's (out, in)
     m = {
-        "embedding/kernel": ("patch_embed.weight", lambda a: a.transpose(3, 2, 0, 1), lambda a: a.transpose(2, 3, 1, 0)),
+        "embedding/kernel": ("patch_embed.weight", lambda a: a.transpose(3, 2, 0, 1),
+                             lambda a: a.transpose(2, 3, 1, 0)),
         "embedding/bias": ("patch_embed.bias", ident, ident),
         "Transformer/posembed_input/pos_embedding": ("pos_embedding", ident, ident),
         "Transformer/encoder_norm/scale": ("encoder_norm.weight", ident, ident),

@@ -5,14 +5,11 @@ written from scratch on NumPy (CPU) and CuPy (GPU), every forward and backward p
     model = sv.ViT(sv.get_config("ViT-Ti_16", num_classes=10), seed=0)
     loss, grads = model.loss_and_grads(images, labels)
 """
-import os
+from . import cpu as _cpu
 
-# OpenBLAS's worker threads spin for a while after each matrix product before they sleep; on a
-# machine with few cores that spinning steals the cores from the element-wise work that follows
-# (scratchvit runs it on threads of its own, see backend.blockwise). Shorter spinning made a ViT-Ti
-# training step 10-13% faster on a 2-core machine (bench/README.md). Takes effect only if NumPy is
-# not imported yet; a value set by the user wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: set it now if still possible
+# (scratchvit/cpu.py says what it does; SCRATCHVIT_NO_CPU_TUNING=1 turns every CPU setting off).
+_cpu.set_openblas_env()
 
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .configs import MODELS, ViTConfig, get_config

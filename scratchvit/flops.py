@@ -14,8 +14,8 @@ Counted, per image:
 **Not counted**: elementwise and reduction work (bias adds, layer norms, GELU, softmax,
 residual adds, tanh, the position embedding, pooling, the cross-entropy, the optimizer).
 These are O(T*D) against O(T*D^2) for the matmuls, a few percent of the FLOPs, but on a
-CPU they can take a much larger share of the *time* (they are memory bound and, in NumPy,
-single-threaded) - which is exactly what a GFLOP/s figure based on this count exposes.
+CPU they can take a much larger share of the *time* (they are memory bound, and each NumPy
+call has a fixed cost) - which is exactly what a GFLOP/s figure based on this count exposes.
 
 The training step is counted as 3x the forward (the backward pass of a matmul is two
 matmuls of the same size: one for the input gradient, one for the weight gradient). This

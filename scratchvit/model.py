@@ -13,7 +13,7 @@ initialisation (official ``vit_jax/models_vit.py``) live in :mod:`scratchvit.par
 """
 from __future__ import annotations
 
-from . import ops
+from . import cpu, ops
 from .backend import check_dtype, module_for, to_device
 from .checkpoint import load_checkpoint
 from .configs import ViTConfig, get_config
@@ -44,6 +44,8 @@ class ViT:
         self.dtype = check_dtype(dtype)
         self.xp = module_for(device)
         self.device = device
+        if device == "cpu":
+            cpu.configure()  # process-wide CPU settings, once (scratchvit/cpu.py; SCRATCHVIT_NO_CPU_TUNING=1: off)
         if params is None:
             params = init_params(self.config, seed)
         check_params(params, self.config)
@@ -232,11 +234,27 @@ class ViT:
         Raises:
             ValueError: bad images (see :meth:`forward`), or labels of the wrong shape or out of range.
         """
-        logits, caches = self._forward(images, keep_cache=True)
-        labels = to_device(labels, self.device)
-        loss, ce = ops.softmax_cross_entropy_forward(logits, labels)
-        dlogits = ops.softmax_cross_entropy_backward(ce)
-        return float(loss), self.backward(dlogits, caches, need_dinput=need_dinput)
+        images, labels = self._images(images), to_device(labels, self.device)
+        B = images.shape[0]
+        if labels.shape != (B,):
+            raise ValueError(f"cross-entropy: labels must have shape ({B},), got {tuple(labels.shape)}")
+
+        def shard(s, e):  # the loss of a shard, weighted by its share of the batch, and its gradients
+            logits, caches = self._forward(images[s:e], keep_cache=True)
+            loss, ce = ops.softmax_cross_entropy_forward(logits, labels[s:e])
+            dlogits = ops.softmax_cross_entropy_backward(ce, (e - s) / B)
+            return float(loss) * (e - s) / B, self.backward(dlogits, caches, need_dinput=need_dinput)
+
+        # On the CPU, shards of the batch run forward+backward on scratchvit's threads (cpu.split_batch).
+        (loss, grads), *rest = cpu.split_batch(shard, B, on_cpu=self.device == "cpu")
+        for shard_loss, g in rest:
+            loss += shard_loss
+            for k in grads:
+                if k == "images":
+                    grads[k] = self.xp.concatenate([grads[k], g[k]])
+                else:
+                    grads[k] += g[k]
+        return loss, grads
 
     def num_params(self) -> int:
         """Number of scalar parameters."""

@@ -90,11 +90,11 @@ def test_a_few_training_steps_give_the_cpu_loss_curve():
     params = sv.init_params(cfg, 0)
     models = [sv.ViT(cfg, dtype="float32", params=params, device=d) for d in ("cpu", "gpu")]
     opts = [optim.SGD() for _ in models]
-    states = [o.init(m.params) for o, m in zip(opts, models)]
+    states = [o.init(m.params) for o, m in zip(opts, models, strict=True)]
     images, labels = rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32), rng.integers(0, 5, 8)
     curves = [[], []]
     for _ in range(5):
-        for i, (m, o, s) in enumerate(zip(models, opts, states)):
+        for i, (m, o, s) in enumerate(zip(models, opts, states, strict=True)):
             loss, g = m.loss_and_grads(images, labels)
             optim.clip_by_global_norm(g, 1.0)
             o.update(m.params, g, s, 0.05)

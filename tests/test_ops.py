@@ -8,44 +8,108 @@ from scratchvit import ops
 TOL = 1e-6
 
 
-def check(forward, inputs, backward_grads, rng):
-    """forward(**inputs) -> output array; loss = sum(output * R). backward_grads(R) -> dict name -> grad."""
-    R = rng.standard_normal(forward(**inputs).shape)
+def attention_params(rng, D, H, scale=1.0):
+    """Random official-layout attention parameters; kernels and q/k/v biases times ``scale``."""
+    p = {}
+    for n in ("query", "key", "value"):
+        p[f"{n}/kernel"] = rng.standard_normal((D, H, D // H)) * scale
+        p[f"{n}/bias"] = rng.standard_normal((H, D // H)) * scale
+    p["out/kernel"] = rng.standard_normal((H, D // H, D)) * scale
+    p["out/bias"] = rng.standard_normal(D)
+    return p
+
+
+def _attention_case(heads):
+    def make(rng):
+        return {"x": rng.standard_normal((2, 5, 12)), **attention_params(rng, 12, heads, scale=0.5)}
+
+    def fwd(x, **p):
+        return ops.attention_forward(x, p)
+
+    def bwd(R, cache):
+        dx, g = ops.attention_backward(R, cache)
+        # softmax is invariant to a shift shared by a row, so the key bias has exactly zero gradient.
+        assert np.abs(g.pop("key/bias")).max() < 1e-12
+        return {"x": dx, **g}
+
+    return make, fwd, bwd
+
+
+def _pre_logits_forward(x, kernel, bias):
+    """The official pre-logits layer: Dense then tanh."""
+    h, c1 = ops.dense_forward(x, kernel, bias)
+    y, c2 = ops.tanh_forward(h)
+    return y, (c1, c2)
+
+
+def _pre_logits_backward(R, cache):
+    c1, c2 = cache
+    return dict(zip(("x", "kernel", "bias"), ops.dense_backward(ops.tanh_backward(R, c2), c1), strict=True))
+
+
+LABELS = np.array([0, 4, 2, 2])
+# id -> (make(rng) -> inputs, forward(**inputs) -> (output, cache), backward(R, cache) -> {input name: grad})
+CASES = {
+    "dense": (lambda r: {"x": r.standard_normal((2, 3, 5)), "kernel": r.standard_normal((5, 4)),
+                         "bias": r.standard_normal(4)},
+              ops.dense_forward,
+              lambda R, c: dict(zip(("x", "kernel", "bias"), ops.dense_backward(R, c), strict=True))),
+    "pre_logits": (lambda r: {"x": r.standard_normal((3, 5)), "kernel": r.standard_normal((5, 4)) * 0.5,
+                              "bias": r.standard_normal(4)},
+                   _pre_logits_forward, _pre_logits_backward),
+    "patch_embedding": (lambda r: {"images": r.standard_normal((2, 8, 12, 3)),
+                                   "kernel": r.standard_normal((4, 4, 3, 5)), "bias": r.standard_normal(5)},
+                        ops.patch_embedding_forward,
+                        lambda R, c: dict(zip(("images", "kernel", "bias"),
+                                              ops.patch_embedding_backward(R, c, need_dx=True), strict=True))),
+    "layer_norm": (lambda r: {"x": r.standard_normal((2, 3, 6)) * 3 + 1, "scale": r.standard_normal(6),
+                              "bias": r.standard_normal(6)},
+                   ops.layer_norm_forward,
+                   lambda R, c: dict(zip(("x", "scale", "bias"), ops.layer_norm_backward(R, c),
+                                         strict=True))),
+    **{f"attention_{h}_heads": _attention_case(h) for h in (1, 2, 3, 4)},
+    "softmax": (lambda r: {"s": r.standard_normal((2, 3, 5))},
+                lambda s: (ops.softmax_forward(s.copy()),) * 2,
+                lambda R, p: {"s": ops.softmax_backward(R.copy(), p)}),
+    **{f"gelu_{a}": (lambda r: {"x": r.standard_normal((3, 7)) * 2},
+                     lambda x, a=a: ops.gelu_forward(x, a),
+                     lambda R, c: {"x": ops.gelu_backward(R, c)}) for a in ("tanh", "erf")},
+    "tanh": (lambda r: {"x": r.standard_normal((3, 4))}, ops.tanh_forward,
+             lambda R, c: {"x": ops.tanh_backward(R, c)}),
+    **{f"pool_{cl}": (lambda r: {"x": r.standard_normal((2, 5, 3))},
+                      lambda x, cl=cl: ops.pool_forward(x, cl),
+                      lambda R, c: {"x": ops.pool_backward(R, c)}) for cl in ("token", "gap")},
+    "cross_entropy": (lambda r: {"logits": r.standard_normal((4, 5)) * 3},
+                      lambda logits: ops.softmax_cross_entropy_forward(logits, LABELS),
+                      lambda R, c: {"logits": ops.softmax_cross_entropy_backward(c, float(R))}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradient(rng, case):
+    """loss = sum(forward(inputs) * R) for a random R; every input's analytic gradient against
+    central differences."""
+    make, forward, backward = CASES[case]
+    inputs = make(rng)
+    R = rng.standard_normal(np.shape(forward(**inputs)[0]))
 
     def loss():
-        return float((forward(**inputs) * R).sum())
+        return float((forward(**inputs)[0] * R).sum())
 
-    analytic = backward_grads(R)
-    for name, x in inputs.items():
-        if name not in analytic:
-            continue
-        _, num = numerical_grad(loss, x)
-        err = relative_error(analytic[name].reshape(-1), num)
-        assert err <= TOL, f"{name}: relative error {err:.2e}"
-        assert np.abs(num).max() > 1e-3, f"{name}: gradient is trivially small, check is vacuous"
-
-
-def test_dense(rng):
-    inp = {"x": rng.standard_normal((2, 3, 5)), "kernel": rng.standard_normal((5, 4)), "bias": rng.standard_normal(4)}
-
-    def grads(R):
-        _, cache = ops.dense_forward(**inp)
-        dx, dw, db = ops.dense_backward(R, cache)
-        return {"x": dx, "kernel": dw, "bias": db}
-
-    check(lambda **a: ops.dense_forward(**a)[0], inp, grads, rng)
+    analytic = backward(R, forward(**inputs)[1])
+    assert set(analytic) <= set(inputs) and analytic, case
+    for name, grad in analytic.items():
+        _, num = numerical_grad(loss, inputs[name])
+        err = relative_error(grad.reshape(-1), num)
+        assert err <= TOL, f"{case} {name}: relative error {err:.2e}"
+        assert np.abs(num).max() > 1e-3, f"{case} {name}: gradient is trivially small, check is vacuous"
 
 
-def test_patch_embedding(rng):
-    inp = {"images": rng.standard_normal((2, 8, 12, 3)), "kernel": rng.standard_normal((4, 4, 3, 5)),
-           "bias": rng.standard_normal(5)}
-
-    def grads(R):
-        _, cache = ops.patch_embedding_forward(**inp)
-        dx, dk, db = ops.patch_embedding_backward(R, cache, need_dx=True)
-        return {"images": dx, "kernel": dk, "bias": db}
-
-    check(lambda **a: ops.patch_embedding_forward(**a)[0], inp, grads, rng)
+def test_cross_entropy_value(rng):
+    logits = rng.standard_normal((4, 5)) * 3
+    loss, _ = ops.softmax_cross_entropy_forward(logits, LABELS)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert abs(float(loss) - (-np.log(p[np.arange(4), LABELS]).mean())) < 1e-14
 
 
 def test_patch_embedding_is_a_strided_convolution(rng):
@@ -60,54 +124,11 @@ def test_patch_embedding_is_a_strided_convolution(rng):
             np.testing.assert_allclose(tokens[:, i * 3 + j], expected, rtol=1e-12, atol=1e-12)
 
 
-def test_layer_norm(rng):
-    inp = {"x": rng.standard_normal((2, 3, 6)) * 3 + 1, "scale": rng.standard_normal(6), "bias": rng.standard_normal(6)}
-
-    def grads(R):
-        _, cache = ops.layer_norm_forward(**inp)
-        dx, ds, db = ops.layer_norm_backward(R, cache)
-        return {"x": dx, "scale": ds, "bias": db}
-
-    check(lambda **a: ops.layer_norm_forward(**a)[0], inp, grads, rng)
-
-
 def test_layer_norm_statistics(rng):
     x = rng.standard_normal((4, 7)) * 5 + 3
     y, _ = ops.layer_norm_forward(x, np.ones(7), np.zeros(7))
     np.testing.assert_allclose(y.mean(-1), 0, atol=1e-12)
     np.testing.assert_allclose(y.var(-1), 1 / (1 + 1e-6 / x.var(-1)), rtol=1e-12)
-
-
-def attention_params(rng, D, H, scale=1.0):
-    """Random official-layout attention parameters; kernels and q/k/v biases times ``scale``."""
-    p = {}
-    for n in ("query", "key", "value"):
-        p[f"{n}/kernel"] = rng.standard_normal((D, H, D // H)) * scale
-        p[f"{n}/bias"] = rng.standard_normal((H, D // H)) * scale
-    p["out/kernel"] = rng.standard_normal((H, D // H, D)) * scale
-    p["out/bias"] = rng.standard_normal(D)
-    return p
-
-
-@pytest.mark.parametrize("heads", [1, 2, 4])
-def test_attention(rng, heads):
-    D = 8
-    inp = {"x": rng.standard_normal((2, 5, D))}
-    p = attention_params(rng, D, heads, scale=0.5)
-    inp.update({f"p:{k}": v for k, v in p.items()})
-
-    def fwd(**a):
-        return ops.attention_forward(a["x"], {k[2:]: v for k, v in a.items() if k.startswith("p:")})
-
-    def grads(R):
-        _, cache = fwd(**inp)
-        dx, g = ops.attention_backward(R, cache)
-        out = {"x": dx, **{f"p:{k}": v for k, v in g.items() if k != "key/bias"}}
-        # softmax is invariant to a shift shared by a row, so the key bias has exactly zero gradient.
-        assert np.abs(g["key/bias"]).max() < 1e-12
-        return out
-
-    check(lambda **a: fwd(**a)[0], inp, grads, rng)
 
 
 def test_attention_matches_naive_per_head_loop(rng):
@@ -125,27 +146,6 @@ def test_attention_matches_naive_per_head_loop(rng):
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_softmax(rng):
-    inp = {"s": rng.standard_normal((2, 3, 5))}
-
-    def grads(R):
-        p = ops.softmax_forward(inp["s"].copy())
-        return {"s": ops.softmax_backward(R.copy(), p)}
-
-    check(lambda **a: ops.softmax_forward(a["s"].copy()), inp, grads, rng)
-
-
-@pytest.mark.parametrize("approximate", ["tanh", "erf"])
-def test_gelu(rng, approximate):
-    inp = {"x": rng.standard_normal((3, 7)) * 2}
-
-    def grads(R):
-        _, cache = ops.gelu_forward(inp["x"], approximate)
-        return {"x": ops.gelu_backward(R, cache)}
-
-    check(lambda **a: ops.gelu_forward(a["x"], approximate)[0], inp, grads, rng)
-
-
 def test_gelu_values():
     from math import erf, pi, sqrt, tanh
     x = np.array([-3.0, -1.0, -0.1, 0.0, 0.5, 2.0])
@@ -155,37 +155,6 @@ def test_gelu_values():
     np.testing.assert_allclose(ops.gelu_forward(x.copy(), "tanh")[0], approx, rtol=1e-14, atol=1e-15)
     with pytest.raises(ValueError, match="approximate"):
         ops.gelu_forward(x, "relu")
-
-
-def test_tanh(rng):
-    inp = {"x": rng.standard_normal((3, 4))}
-
-    def grads(R):
-        _, cache = ops.tanh_forward(inp["x"])
-        return {"x": ops.tanh_backward(R, cache)}
-
-    check(lambda **a: ops.tanh_forward(a["x"])[0], inp, grads, rng)
-
-
-@pytest.mark.parametrize("classifier", ["token", "gap"])
-def test_pooling(rng, classifier):
-    inp = {"x": rng.standard_normal((2, 5, 3))}
-
-    def grads(R):
-        _, cache = ops.pool_forward(inp["x"], classifier)
-        return {"x": ops.pool_backward(R, cache)}
-
-    check(lambda **a: ops.pool_forward(a["x"], classifier)[0], inp, grads, rng)
-
-
-def test_cross_entropy(rng):
-    logits, labels = rng.standard_normal((4, 5)) * 3, np.array([0, 4, 2, 2])
-    loss, cache = ops.softmax_cross_entropy_forward(logits, labels)
-    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    assert abs(float(loss) - (-np.log(p[np.arange(4), labels]).mean())) < 1e-14
-    d = ops.softmax_cross_entropy_backward(cache)
-    _, num = numerical_grad(lambda: float(ops.softmax_cross_entropy_forward(logits, labels)[0]), logits)
-    assert relative_error(d.reshape(-1), num) <= TOL
 
 
 def test_cross_entropy_is_stable_for_huge_logits():
@@ -205,8 +174,7 @@ def test_cross_entropy_rejects_bad_labels(labels, msg):
 def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
     """The CPU paths cut work into row blocks (over threads) and attention into row chunks; with
     blocks of one row and chunks of one query/key row, every result must be the same."""
-    from scratchvit import backend
-    from scratchvit.ops import attention
+    from scratchvit import cpu
 
     x, dy = rng.standard_normal((3, 7, 8)), rng.standard_normal((3, 7, 8))
     h, dh = rng.standard_normal((3, 7, 20)), rng.standard_normal((3, 7, 20))
@@ -225,29 +193,33 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
         return out
 
     whole = run()
-    monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 1)  # one row (one image for attention) per block
-    for a, b in zip(whole, run()):  # blocks on threads, BLAS held to one thread where it is OpenBLAS
+    monkeypatch.setattr(cpu, "BLOCK_ELEMENTS", 1)  # one row (one image for attention) per block
+    # blocks on threads, BLAS held to one thread where it is OpenBLAS
+    for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
-    monkeypatch.setattr(backend, "_blas_thread_fns", False)  # as with a BLAS that cannot be held...
-    monkeypatch.setattr(attention, "SMALL_PRODUCT", 1)  # ...the products go by one query / key row
+    monkeypatch.setattr(cpu, "_blas_fns", False)  # as with a BLAS that cannot be held...
+    monkeypatch.setattr(cpu, "SMALL_PRODUCT", 1)  # ...the products go by one query / key row
+    from scratchvit.ops import attention
+
     assert len(attention._row_chunks(7, 7, 4, np)) == 7
-    for a, b in zip(whole, run()):
+    for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
-    monkeypatch.setattr(backend, "NUM_THREADS", 1)
-    for a, b in zip(whole, run()):
+    monkeypatch.setattr(cpu, "NUM_THREADS", 1)
+    for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
 
 
 def test_single_threaded_blas_restores_the_thread_count():
-    from scratchvit import backend
+    from scratchvit import cpu
 
-    with backend.single_threaded_blas() as held:
-        if not held:
-            pytest.skip("the BLAS here is not an OpenBLAS reachable through ctypes")
-        get, _ = backend._blas_thread_fns
-        assert get() == 1
+    if not cpu.blas_thread_fns():
+        pytest.skip("the BLAS here is not an OpenBLAS reachable through ctypes")
+    get, _ = cpu.blas_thread_fns()
     before = get()
-    with pytest.raises(RuntimeError), backend.single_threaded_blas():
+    with cpu.single_threaded_blas() as held:
+        assert held and get() == 1
+    assert get() == before
+    with pytest.raises(RuntimeError), cpu.single_threaded_blas():
         assert get() == 1
         raise RuntimeError
     assert get() == before

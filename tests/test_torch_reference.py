@@ -137,22 +137,36 @@ TINY = ["--image-size", "16", "--patch-size", "4", "--hidden-size", "16", "--num
 
 
 def test_train_step_script_smoke(tmp_path):
-    pytest.importorskip("scratchvit.optim")
     import train_step
 
     out = tmp_path / "r.json"
-    res = train_step.main(TINY + ["--batch-size", "4", "--steps", "2", "--warmup", "1", "--compare", "torch",
-                                  "--pause", "0", "--no-memory", "--json", str(out)])
-    assert out.exists() and set(res["frameworks"]) == {"scratchvit", "pytorch"}
+    res = train_step.main(TINY + ["--batch-size", "4", "--rounds", "2", "--steps", "1", "--warmup", "0",
+                                  "--compare", "torch", "--mode", "cli", "--no-torch-compile", "--pause", "0",
+                                  "--parts", "--json", str(out)])
+    assert json.loads(out.read_text())["frameworks"].keys() == res["frameworks"].keys() == {"scratchvit", "pytorch"}
     agree = res["agreement"]
     assert agree["logits_max_abs_diff"] <= 1e-4 * max(1.0, agree["logits_max_abs"])
     assert agree["grads_max_rel_diff"] <= 1e-3
+    assert len(res["ratio_over_pytorch"]["rounds"]) == 2
     for fw in res["frameworks"].values():
         assert fw["images_per_s"] > 0 and fw["step"]["n"] == 2 and set(fw["parts"]) >= {"forward", "backward"}
 
 
+def test_train_step_runs_plain_and_cli_processes():
+    """--mode both: one fresh process per mode; the plain one imported NumPy before scratchvit."""
+    import train_step
+
+    res = train_step.main(TINY + ["--batch-size", "4", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                                  "--mode", "both", "--pause", "0"])
+    assert set(res["modes"]) == {"plain", "cli"}
+    for mode, r in res["modes"].items():
+        assert r["process"]["mode"] == mode and r["frameworks"]["scratchvit"]["images_per_s"] > 0, r
+        assert r["process"]["cpu_settings"]["malloc"] in (True, False)
+    assert res["modes"]["cli"]["process"]["cpu_settings"]["openblas_thread_timeout"] is True
+    assert res["modes"]["plain"]["process"]["cpu_settings"]["openblas_thread_timeout"] is False
+
+
 def test_scaling_script_smoke(tmp_path):
-    pytest.importorskip("scratchvit.optim")
     pytest.importorskip("matplotlib")
     import scaling
 

@@ -9,22 +9,21 @@ Official parameters (Flax ``nn.MultiHeadDotProductAttention``, pre-Linen names):
     y = concat_heads(A v) Wout + bout
 
 The three projections run as one (B*N, D) x (D, 3D) product. The per-head products run image
-block by image block on scratchvit's threads (``backend.blockwise``), in chunks of rows small
-enough for BLAS to run them on the calling thread, on contiguous copies of q, k^T and v.
+block by image block on scratchvit's threads (``cpu.blockwise``), on contiguous copies of q, k^T
+and v, each a whole (N x hd) x (hd x N) product with OpenBLAS held to one thread meanwhile
+(``cpu.single_threaded_blas``). Only where OpenBLAS cannot be held (another BLAS) are they cut
+into chunks of rows small enough for BLAS to run them on the calling thread (``cpu.SMALL_PRODUCT``).
 """
 from __future__ import annotations
 
 import math
 
-from ..backend import blockwise, get_xp, single_threaded_blas
+from .. import cpu
+from ..backend import get_xp
+from ..cpu import blockwise, single_threaded_blas
+from .dense import sum_rows
 
-NAMES = ("query", "key", "value", "out")
-# The per-head products run image block by image block on scratchvit's threads, with OpenBLAS held
-# to one thread meanwhile (backend.single_threaded_blas). Where that cannot be done (another BLAS),
-# they are cut into chunks of query (or key) rows below SMALL_PRODUCT: OpenBLAS computes a product
-# with M*N*K below 4 * 65536 on the calling thread (interface/gemm.c: SMP_THRESHOLD_MIN *
-# GEMM_MULTITHREAD_THRESHOLD). Either way the parallelism is ours and the two pools never fight.
-SMALL_PRODUCT = 4 * 65536
+NAMES = ("query", "key", "value", "out")  # the official sub-names (params.ATTN_PROJ once merged)
 
 
 def _softmax_rows(s):
@@ -60,12 +59,12 @@ def softmax_backward(dp, p):
 
 
 def _row_chunks(n_rows, n_cols, inner, xp, whole=False):
-    """Slices of at most R rows such that an (R x inner) x (inner x n_cols) product is SMALL_PRODUCT
+    """Slices of at most R rows such that an (R x inner) x (inner x n_cols) product is cpu.SMALL_PRODUCT
     or less: each per-head product then runs on the calling thread. One slice if ``whole`` (BLAS
     held to one thread) or on the GPU."""
     if whole or xp.__name__ != "numpy":
         return [slice(0, n_rows)]
-    r = max(1, SMALL_PRODUCT // (n_cols * inner))
+    r = max(1, cpu.SMALL_PRODUCT // (n_cols * inner))
     return [slice(s, s + r) for s in range(0, n_rows, r)]
 
 
@@ -160,7 +159,7 @@ def attention_backward(dy, cache):
     dy2d = dy.reshape(B * N, D)
     grads = {
         "out/kernel": (ctx2d.T @ dy2d).reshape(H, hd, D),
-        "out/bias": dy2d.sum(axis=0),
+        "out/bias": sum_rows(dy2d),
     }
     dctx = (dy2d @ w_out.T).reshape(B, N, H, hd).transpose(0, 2, 1, 3)  # (B, H, N, hd) view
     dqkv = xp.empty((B, N, 3, H, hd), dtype=dy.dtype)
@@ -169,7 +168,7 @@ def attention_backward(dy, cache):
         blockwise(lambda *blk: _core_backward(*blk, scale, whole), q, kt, v, a, dctx, dq, dk, dv)
     dqkv2d = dqkv.reshape(B * N, 3 * D)
     dw = x2d.T @ dqkv2d  # (D, 3D)
-    db = dqkv2d.sum(axis=0)
+    db = sum_rows(dqkv2d)
     for i, n in enumerate(NAMES[:3]):
         grads[f"{n}/kernel"] = dw[:, i * D:(i + 1) * D].reshape(D, H, hd)
         grads[f"{n}/bias"] = db[i * D:(i + 1) * D].reshape(H, hd)

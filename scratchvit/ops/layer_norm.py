@@ -12,7 +12,8 @@ the cache, and the blocks are spread over the CPU's cores.
 """
 from __future__ import annotations
 
-from ..backend import blockwise, get_xp
+from ..backend import get_xp
+from ..cpu import blockwise
 
 EPS = 1e-6
 

@@ -1,4 +1,7 @@
-"""Patch embedding: split the image into P x P patches and project each to D (paper Eq. 1).
+"""Patch embedding: split the image into P x P patches and project each to D.
+
+This is the patch projection x_p E of the paper's Eq. 1 only; the class token and the position
+embedding E_pos of Eq. 1 are added in the model (``ViT._forward``).
 
 Official parameters (vit_jax ``models_vit.VisionTransformer``: ``nn.Conv(..., strides=P, name='embedding')``):
 ``embedding/kernel`` (P, P, C, D) in HWIO layout and ``embedding/bias`` (D,). A stride-P
@@ -6,6 +9,8 @@ convolution with a P x P kernel is exactly a reshape of the image into patches, 
 (row, col, channel) order, followed by one matrix product with the kernel reshaped to (P*P*C, D).
 """
 from __future__ import annotations
+
+from .dense import sum_rows
 
 
 def image_to_patches(images, patch_size):
@@ -76,7 +81,7 @@ def patch_embedding_backward(dtokens, cache, need_dx=False):
     P, _, C, D = kernel.shape
     dy = dtokens.reshape(-1, D)
     dkernel = (patches.T @ dy).reshape(kernel.shape)
-    dbias = dy.sum(axis=0)
+    dbias = sum_rows(dy)
     dimages = None
     if need_dx:
         dimages = patches_to_image(dy @ kernel.reshape(-1, D).T, image_shape, P)
