@@ -59,7 +59,7 @@ def blas_threads() -> str:
         info = [f"{d.get('internal_api')}={d.get('num_threads')}" for d in threadpool_info()]
         if info:
             return ", ".join(info)
-    except Exception:
+    except Exception:  # noqa: BLE001  (threadpoolctl is optional; any failure falls back to the environment)
         pass
     env = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     return f"{env} (from env)" if env else f"library default ({os.cpu_count()} cores)"

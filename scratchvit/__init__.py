@@ -11,10 +11,11 @@ from . import cpu as _cpu
 # (scratchvit/cpu.py says what it does; SCRATCHVIT_NO_CPU_TUNING=1 turns every CPU setting off).
 _cpu.set_openblas_env()
 
+# The rest after the line above (E402), so that the setting comes before anything imports NumPy.
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from .configs import MODELS, ViTConfig, get_config
-from .model import ViT
-from .params import count_params, init_params, param_shapes
+from .configs import MODELS, ViTConfig, get_config  # noqa: E402
+from .model import ViT  # noqa: E402
+from .params import count_params, init_params, param_shapes  # noqa: E402
 
 __version__ = "0.1.0"
 

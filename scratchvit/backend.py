@@ -91,11 +91,3 @@ def to_numpy(array) -> np.ndarray:
     if get_xp(array) is not np:
         return array.get()
     return np.asarray(array)
-
-
-def keep_freed_memory() -> bool:
-    """Kept for the CLIs' existing call: applies :func:`scratchvit.cpu.configure` (idempotent, honours
-    ``SCRATCHVIT_NO_CPU_TUNING``) and returns whether glibc's malloc settings were applied."""
-    from . import cpu  # noqa: PLC0415
-
-    return cpu.configure()["malloc"]

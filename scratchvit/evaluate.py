@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import keep_freed_memory, to_numpy
+from . import cpu
+from .backend import to_numpy
 
 
 def open_dataset(name: str, data_dir=None, image_size: int | None = None, skip_bad_images: bool = False, log=None):
@@ -103,7 +104,7 @@ def format_report(dataset_name, class_names, result, cm) -> str:
 
 
 def main(argv=None) -> int:
-    keep_freed_memory()
+    cpu.configure()
     from . import ViT  # noqa: PLC0415
     from .checks import check_positive_int  # noqa: PLC0415
     from .data import DATASETS  # noqa: PLC0415

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import distributed, optim, runs
-from .backend import keep_freed_memory
+from . import cpu, distributed, optim, runs
 from .checkpoint import save_checkpoint
 from .configs import get_config
 from .evaluate import evaluate, open_dataset
@@ -277,7 +276,7 @@ def lr_sweep(s: TrainSettings, log=print, dist=None) -> float:
 
 
 def main(argv=None) -> int:
-    keep_freed_memory()
+    cpu.configure()
     try:
         s, resume = resolve_settings(argv, description=__doc__)
         if s.device == "gpu":

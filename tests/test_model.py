@@ -176,9 +176,12 @@ def test_public_training_forward_matches_loss_and_grads(rng):
     loss, ce = sv.ops.softmax_cross_entropy_forward(logits, labels)
     grads = model.backward(sv.ops.softmax_cross_entropy_backward(ce), caches)
     assert "Transformer/encoderblock_0/" not in caches  # backward consumes the block caches
+    # loss_and_grads may split the batch over threads (cpu.split_batch): the same sums in another order.
     loss2, grads2 = model.loss_and_grads(images, labels)
-    assert float(loss) == loss2
-    assert all(np.array_equal(grads[k], grads2[k]) for k in grads2)
+    np.testing.assert_allclose(float(loss), loss2, rtol=1e-13)
+    scale = max(np.abs(g).max() for g in grads2.values())  # key/bias's gradient is zero up to rounding
+    for k in grads2:
+        np.testing.assert_allclose(grads[k], grads2[k], rtol=1e-11, atol=1e-13 * scale, err_msg=k)
 
 
 def test_schema_names_are_official():

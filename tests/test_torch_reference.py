@@ -1,7 +1,7 @@
 """The PyTorch reference ViT (bench/torch_reference.py) against the official vit_jax model.
 
-The reference cases in ``tests/reference/*.npz`` (copies of ``../shared/reference``) were
-computed with Google's vit_jax in float64. The PyTorch model built from the same
+The reference cases in ``tests/reference/*.npz`` were computed with Google's vit_jax in float64
+(``tests/reference/make_reference.py``). The PyTorch model built from the same
 parameters must reproduce logits, loss and every gradient tightly, so that the
 benchmarks compare scratchvit with a model known to compute the same function.
 """
@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-REF = Path(__file__).resolve().parent / "reference"  # copies of ../shared/reference (see its README)
+REF = Path(__file__).resolve().parent / "reference"  # see its README and make_reference.py
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 

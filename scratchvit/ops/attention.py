@@ -21,9 +21,8 @@ import math
 from .. import cpu
 from ..backend import get_xp
 from ..cpu import blockwise, single_threaded_blas
+from ..params import ATTN_PROJ
 from .dense import sum_rows
-
-NAMES = ("query", "key", "value", "out")  # the official sub-names (params.ATTN_PROJ once merged)
 
 
 def _softmax_rows(s):
@@ -127,8 +126,8 @@ def attention_forward(x, p):
     B, N, D = x.shape
     _, H, hd = p["query/kernel"].shape
     scale = 1.0 / math.sqrt(hd)
-    w_qkv = xp.concatenate([p[f"{n}/kernel"].reshape(D, H * hd) for n in NAMES[:3]], axis=1)
-    b_qkv = xp.concatenate([p[f"{n}/bias"].reshape(H * hd) for n in NAMES[:3]])
+    w_qkv = xp.concatenate([p[f"{n}/kernel"].reshape(D, H * hd) for n in ATTN_PROJ[:3]], axis=1)
+    b_qkv = xp.concatenate([p[f"{n}/bias"].reshape(H * hd) for n in ATTN_PROJ[:3]])
     x2d = x.reshape(B * N, D)
     qkv = x2d @ w_qkv
     qkv += b_qkv
@@ -169,7 +168,7 @@ def attention_backward(dy, cache):
     dqkv2d = dqkv.reshape(B * N, 3 * D)
     dw = x2d.T @ dqkv2d  # (D, 3D)
     db = sum_rows(dqkv2d)
-    for i, n in enumerate(NAMES[:3]):
+    for i, n in enumerate(ATTN_PROJ[:3]):
         grads[f"{n}/kernel"] = dw[:, i * D:(i + 1) * D].reshape(D, H, hd)
         grads[f"{n}/bias"] = db[i * D:(i + 1) * D].reshape(H, hd)
     dx = (dqkv2d @ w_qkv.T).reshape(B, N, D)
