@@ -44,33 +44,37 @@ def evaluate(model, images, labels, batch_size: int = 256, progress: bool = Fals
         skip_bad_images: skip unreadable files (lazy sequences) instead of raising.
 
     Returns:
-        dict with "loss" (float), "accuracy" (float in [0, 1]), "predictions" ((M,) int64), "seconds".
+        dict with "loss" (mean cross-entropy, float), "accuracy" (float in [0, 1]), "predictions" and
+        "labels" ((M',) int64, aligned: the images actually evaluated, M' = M - "skipped"), "skipped"
+        (files left out by ``skip_bad_images``), "seconds" (wall clock).
     """
     from . import ops  # noqa: PLC0415
     from .data import Batches  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    preds = np.empty(len(labels), np.int64)
+    preds, seen = [], []  # per batch: predictions and the labels of the images actually evaluated
     total_loss = 0.0
-    extra = {"skip_bad_images": True} if skip_bad_images else {}
     with Batches(images, labels, batch_size, model.config.image_size, train=False, workers=workers,
-                 **extra) as batches:
+                 skip_bad_images=skip_bad_images) as batches:
         it = batches
         if progress:
             from tqdm import tqdm  # noqa: PLC0415
 
             it = tqdm(batches, total=batches.steps_per_epoch, desc="eval", leave=False)
-        start = 0
         for _, x, y in it:
             logits = model.forward(x)
             loss, _ = ops.softmax_cross_entropy_forward(logits, model.xp.asarray(y))
             total_loss += float(loss) * len(y)
-            preds[start:start + len(y)] = to_numpy(logits.argmax(axis=1))
-            start += len(y)
+            preds.append(to_numpy(logits.argmax(axis=1)).astype(np.int64))
+            seen.append(y)
+    preds = np.concatenate(preds) if preds else np.empty(0, np.int64)
+    seen = np.concatenate(seen) if seen else np.empty(0, np.int64)
     return {
-        "loss": total_loss / max(len(labels), 1),
-        "accuracy": float((preds == labels).mean()) if len(labels) else float("nan"),
+        "loss": total_loss / max(len(seen), 1),
+        "accuracy": float((preds == seen).mean()) if len(seen) else float("nan"),
         "predictions": preds,
+        "labels": seen,
+        "skipped": len(labels) - len(seen),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -92,7 +96,8 @@ def format_report(dataset_name, class_names, result, cm) -> str:
     """The report printed by the CLI: overall accuracy, per-class accuracy, confusion matrix."""
     pca = per_class_accuracy(cm)
     width = max(len(n) for n in class_names)
-    lines = [f"{dataset_name}: accuracy {100 * result['accuracy']:.2f}% on {cm.sum()} images, "
+    skipped = f" ({result['skipped']} unreadable files skipped)" if result.get("skipped") else ""
+    lines = [f"{dataset_name}: accuracy {100 * result['accuracy']:.2f}% on {cm.sum()} images{skipped}, "
              f"loss {result['loss']:.4f}", "", "per-class accuracy:"]
     lines += [f"  {n:<{width}}  {100 * a:6.2f}%  ({cm[i].sum()} images)"
               for i, (n, a) in enumerate(zip(class_names, pca, strict=True))]
@@ -142,7 +147,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cm = confusion_matrix(labels, result["predictions"], ds.num_classes)
+    cm = confusion_matrix(result["labels"], result["predictions"], ds.num_classes)
     print(format_report(f"{args.dataset} {args.split}", ds.class_names, result, cm))
     if args.json:
         from .runs import write_text_atomic  # noqa: PLC0415

@@ -105,7 +105,8 @@ def evaluate_shared(run: Run, images, labels) -> dict:
         labels = labels[lo:hi]
     s = run.s
     r = evaluate(run.model, images, labels, s.eval_batch_size, workers=s.workers, skip_bad_images=s.skip_bad_images)
-    sums = np.array([r["loss"] * len(labels), float((r["predictions"] == labels).sum()), len(labels)])
+    n = len(r["labels"])  # fewer than len(labels) where --skip-bad-images left files out
+    sums = np.array([r["loss"] * n, float((r["predictions"] == r["labels"]).sum()), n])
     loss_sum, correct, n = run.dist.allreduce_sum(sums, "the evaluation's reduction")
     return {"loss": loss_sum / max(n, 1), "accuracy": correct / n if n else float("nan"), "seconds": r["seconds"]}
 
@@ -146,7 +147,7 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     bar = progress_bar(s, dist, run.total_steps, step)
     batches = Batches(tr_x, tr_y, s.batch_size, run.model.config.image_size, train=True, augment=s.augment,
                       seed=s.seed, start_step=step, workers=s.workers, crop_min_area=s.crop_min_area,
-                      **({"skip_bad_images": True} if s.skip_bad_images else {}))
+                      skip_bad_images=s.skip_bad_images)
     try:
         for step_in, x, y in batches:
             if step >= run.total_steps:

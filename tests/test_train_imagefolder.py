@@ -10,6 +10,7 @@ from PIL import Image
 
 import scratchvit as sv
 from scratchvit import evaluate, train
+from scratchvit.data import load_dataset
 
 CLASSES = ("cat", "dog", "ship")
 
@@ -62,3 +63,24 @@ def test_a_bad_file_is_named_or_skipped(photo_dir, tmp_path, capsys):
     assert "broken.jpg" in capsys.readouterr().err
     assert train.main([*args, "--skip-bad-images", "--out", str(tmp_path / "o2")]) == 0
 
+
+
+def test_evaluation_skipping_a_bad_file_scores_the_images_it_read(photo_dir, tmp_path):
+    # The broken file sorts first in its class, so a skipped image shifts every later one in the set:
+    # predictions must stay aligned with the labels of the images actually read.
+    (photo_dir / "test" / "cat" / "0_broken.png").write_bytes(b"not an image")
+    ds = load_dataset("imagefolder", data_dir=photo_dir, image_size=16, log=lambda m: None)
+    cfg = sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_layers=1, num_heads=2,
+                        mlp_dim=32, num_classes=3)
+    model = sv.ViT(cfg, seed=0, dtype="float64")
+    rng = np.random.default_rng(1)
+    model.params["head/kernel"][...] = rng.standard_normal(model.params["head/kernel"].shape)
+    r = evaluate.evaluate(model, ds.test_images, ds.test_labels, batch_size=5, workers=1, skip_bad_images=True)
+    good = np.array([not str(p).endswith("0_broken.png") for p in ds.test_images.paths])
+    assert r["skipped"] == 1 and len(r["predictions"]) == len(r["labels"]) == good.sum()
+    np.testing.assert_array_equal(r["labels"], ds.test_labels[good])
+    # The same predictions as evaluating the good files alone.
+    alone = evaluate.evaluate(model, ds.test_images[np.flatnonzero(good)], ds.test_labels[good], batch_size=5,
+                              workers=1)
+    np.testing.assert_array_equal(r["predictions"], alone["predictions"])
+    assert r["accuracy"] == pytest.approx(alone["accuracy"]) and r["loss"] == pytest.approx(alone["loss"])
