@@ -282,10 +282,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _write(path: Path, data) -> None:
     """Write JSON (or text) atomically: a temporary file in the same folder, then a rename."""
+    from scratchvit.files import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(data if isinstance(data, str) else json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+    write_text_atomic(path, data if isinstance(data, str) else json.dumps(data, indent=2, default=float))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ official ``checkpoint.load_pretrained`` does. Writing produces canonical names, 
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .configs import ViTConfig
+from .files import write_atomic
 from .params import ATTN, MLP, POSEMB, check_finite, check_params, is_official_name, param_shapes
 
 # Linen / big_vision spelling of the sub-modules of an encoder block -> the official pre-Linen one.
@@ -29,31 +28,6 @@ LINEN_BLOCK_NAMES = {
     "MlpBlock_0": "MlpBlock_3",
 }
 _BLOCK_RE = re.compile(r"^Transformer/encoderblock_(\d+)/([^/]+)/(.*)$")
-
-
-def write_atomic(path, write) -> None:
-    """Create or replace the file ``path`` atomically: ``write(f)`` fills a temporary file (binary)
-    in the same folder, which is flushed to disk, given the usual permissions (0666 less the umask)
-    and renamed over ``path``. A crash leaves either the old file or the new one, never half a file.
-
-    Raises:
-        OSError: the folder is missing or not writable; whatever ``write`` raises (no file is left).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_npz_atomic(path, arrays: dict) -> None:

@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     cm = confusion_matrix(result["labels"], result["predictions"], ds.num_classes)
     print(format_report(f"{args.dataset} {args.split}", ds.class_names, result, cm))
     if args.json:
-        from .runs import write_text_atomic  # noqa: PLC0415
+        from .files import write_text_atomic  # noqa: PLC0415
 
         write_text_atomic(Path(args.json), json.dumps({
             "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoint import write_atomic
+from .files import write_atomic
 
 SPLITS = ("train", "val", "test")
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .backend import get_xp, to_numpy
-from .checkpoint import write_atomic
+from .files import write_atomic
 
 
 def attention_weights(h, q_kernel, q_bias, k_kernel, k_bias):

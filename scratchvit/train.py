@@ -36,6 +36,7 @@ from . import cpu, distributed, optim, runs
 from .checkpoint import save_checkpoint
 from .configs import get_config
 from .evaluate import evaluate, open_dataset
+from .files import write_text_atomic
 from .settings import TrainSettings, resolve_settings
 
 
@@ -269,8 +270,8 @@ def lr_sweep(s: TrainSettings, log=print, dist=None) -> float:
     best = max(results, key=lambda r: r["val_accuracy"])["lr"]
     if dist is None or dist.is_main:
         Path(s.out).mkdir(parents=True, exist_ok=True)
-        runs.write_text_atomic(Path(s.out) / "sweep.json",
-                               json.dumps({"results": results, "best_lr": best}, indent=2) + "\n")
+        write_text_atomic(Path(s.out) / "sweep.json",
+                          json.dumps({"results": results, "best_lr": best}, indent=2) + "\n")
     log("sweep: " + ", ".join(f"lr {r['lr']:g} -> val {100 * r['val_accuracy']:.2f}%" for r in results)
         + f"; best {best:g}")
     return best

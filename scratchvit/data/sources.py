@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..files import write_atomic
+
 _urlopen = urllib.request.urlopen  # replaced in tests: called as _urlopen(url, timeout=seconds)
 
 
@@ -35,14 +37,6 @@ def cache_dir() -> Path:
     """The download cache: ``$SCRATCHVIT_DATA`` if set, else ``data/`` at the repository root."""
     env = os.environ.get("SCRATCHVIT_DATA")
     return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "data"
-
-
-def _publish(tmp: Path, dest: Path) -> None:
-    """Rename a finished temporary file onto ``dest``, readable by all (mkstemp makes it 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, dest)
 
 
 def download_url(url: str, dest, md5: str | None = None, timeout: float = 60.0) -> Path:
@@ -68,11 +62,10 @@ def download_url(url: str, dest, md5: str | None = None, timeout: float = 60.0) 
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+
+    def fetch(f):  # raising here leaves nothing at dest (write_atomic removes the temporary file)
         h = hashlib.md5()
-        with os.fdopen(fd, "wb") as f, _urlopen(url, timeout=timeout) as response:
+        with _urlopen(url, timeout=timeout) as response:
             length = response.headers.get("Content-Length") if response.headers is not None else None
             total = int(length) if length else None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name) as bar:
@@ -84,9 +77,8 @@ def download_url(url: str, dest, md5: str | None = None, timeout: float = 60.0) 
             raise ValueError(f"MD5 mismatch for {dest.name} downloaded from {url}: got {h.hexdigest()}, "
                              f"expected {md5}; the download is corrupt or the file changed, "
                              f"nothing was written to {dest}")
-        _publish(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(dest, fetch)
     return dest
 
 
@@ -109,15 +101,10 @@ def download_all(files: list[tuple[str, Path, str | None]]) -> list[Path]:
 
 
 def copy_atomic(src: Path, dest: Path) -> Path:
-    """Copy ``src`` to ``dest`` through a temporary file beside ``dest`` and a rename."""
+    """Copy ``src`` to ``dest`` atomically (:func:`scratchvit.files.write_atomic`); returns ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp_name)
-        _publish(Path(tmp_name), dest)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    with open(src, "rb") as f_src:
+        write_atomic(dest, lambda f: shutil.copyfileobj(f_src, f))
     return dest
 
 
