@@ -18,7 +18,6 @@ from .backend import check_dtype, module_for, to_device
 from .checkpoint import load_checkpoint
 from .configs import ViTConfig, get_config
 from .params import ATTN, ATTN_KEYS, MLP, POSEMB, block_prefix, check_params, init_params, param_shapes
-from .rollout import attention_weights
 
 
 class ViT:
@@ -84,12 +83,11 @@ class ViT:
         return to_device(images, self.device, self.dtype)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, images, keep_cache: bool, attn_inputs: list | None = None):
+    def _forward(self, images, keep_cache: bool):
         """Logits (B, K) and, if ``keep_cache``, the dict of caches :meth:`backward` consumes (else None).
 
         The caches are keyed "embedding", each block's prefix, "encoder_norm", "pool",
         ("pre_logits", "pre_logits_tanh",) "head"; :meth:`backward` pops the block entries as it goes.
-        ``attn_inputs``, if a list, receives each block's attention input LN(z_{l-1}) (B, N, D).
         """
         c, p, xp = self.config, self.params, self.xp
         x = self._images(images)
@@ -107,8 +105,6 @@ class ViT:
             b = block_prefix(i)
             # Eq. 2: z'_l = MSA(LN(z_{l-1})) + z_{l-1}
             h, ln0 = ops.layer_norm_forward(x, p[b + "LayerNorm_0/scale"], p[b + "LayerNorm_0/bias"])
-            if attn_inputs is not None:
-                attn_inputs.append(h.copy())
             attn_p = {k: p[f"{b}{ATTN}/{k}"] for k in ATTN_KEYS}
             h, attn = ops.attention_forward(h, attn_p)
             x += h
@@ -163,12 +159,8 @@ class ViT:
         Raises:
             ValueError: as :meth:`forward`.
         """
-        inputs = []
-        self._forward(images, keep_cache=False, attn_inputs=inputs)
-        p = self.params
-        return [attention_weights(h, *(p[f"{block_prefix(i)}{ATTN}/{k}"] for k in
-                                       ("query/kernel", "query/bias", "key/kernel", "key/bias")))
-                for i, h in enumerate(inputs)]
+        _, caches = self._forward(images, keep_cache=True)
+        return [ops.attention_weights(caches[block_prefix(i)][1]) for i in range(self.config.num_layers)]
 
     # ------------------------------------------------------------------ backward
     def backward(self, dlogits, caches, need_dinput: bool = False):

@@ -19,30 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backend import get_xp, to_numpy
+from .backend import to_numpy
 from .files import write_atomic
-
-
-def attention_weights(h, q_kernel, q_bias, k_kernel, k_bias):
-    """Attention probabilities softmax(q k^T / sqrt(head_dim)) of one block (paper Eq. 2, Appendix A).
-
-    Args:
-        h: (B, N, D) the block's layer-normed input LN(z_{l-1}).
-        q_kernel, k_kernel: (D, heads, head_dim) official ``query|key/kernel``.
-        q_bias, k_bias: (heads, head_dim).
-
-    Returns:
-        (B, heads, N, N) array of the input's module and dtype; each row (last axis) sums to 1.
-    """
-    xp = get_xp(h)
-    D, H, hd = q_kernel.shape
-    B, N, _ = h.shape
-    q = (h.reshape(B * N, D) @ q_kernel.reshape(D, H * hd) + q_bias.reshape(H * hd)).reshape(B, N, H, hd)
-    k = (h.reshape(B * N, D) @ k_kernel.reshape(D, H * hd) + k_bias.reshape(H * hd)).reshape(B, N, H, hd)
-    s = xp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
-    s -= s.max(axis=-1, keepdims=True)
-    e = xp.exp(s)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def attention_rollout(attentions, classifier: str) -> np.ndarray:

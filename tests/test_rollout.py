@@ -5,7 +5,7 @@ import pytest
 
 import scratchvit as sv
 from scratchvit import ops
-from scratchvit.params import ATTN, ATTN_KEYS, POSEMB, block_prefix
+from scratchvit.params import ATTN, POSEMB, block_prefix
 from scratchvit.rollout import attention_rollout, overlay_panel, save_png_atomic
 
 
@@ -45,24 +45,37 @@ def test_rollout_rejects_bad_input(rng):
         attention_rollout([np.ones((1, 5, 5))], "token")
 
 
+def test_attention_weights_are_the_softmax_of_the_scores_and_give_the_output(rng):
+    B, N, D, H, hd = 2, 5, 8, 2, 4
+    h = rng.standard_normal((B, N, D))
+    p = {f"{n}/kernel": rng.standard_normal((D, H, hd)) * 0.5 for n in ("query", "key", "value")}
+    p.update({f"{n}/bias": rng.standard_normal((H, hd)) * 0.5 for n in ("query", "key", "value")})
+    p["out/kernel"], p["out/bias"] = rng.standard_normal((H, hd, D)), rng.standard_normal(D)
+    y, cache = ops.attention_forward(h, p)
+    a = ops.attention_weights(cache)
+    # softmax(q k^T / sqrt(hd)), computed here independently of the op.
+    q = np.einsum("bnd,dhe->bnhe", h, p["query/kernel"]) + p["query/bias"]
+    k = np.einsum("bnd,dhe->bnhe", h, p["key/kernel"]) + p["key/bias"]
+    s = np.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(hd)
+    expected = np.exp(s - s.max(axis=-1, keepdims=True))
+    expected /= expected.sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(a, expected, atol=1e-12)
+    v = np.einsum("bnd,dhe->bnhe", h, p["value/kernel"]) + p["value/bias"]
+    np.testing.assert_allclose(np.einsum("bhqk,bkhe,hed->bqd", a, v, p["out/kernel"]) + p["out/bias"], y, atol=1e-12)
+
+
 @pytest.mark.parametrize("classifier", ["token", "gap"])
-def test_attention_probabilities_reproduce_the_attention_op(rng, classifier):
+def test_model_attention_probabilities_one_per_block(rng, classifier):
     cfg = sv.get_config("ViT-Ti_16", image_size=12, patch_size=4, hidden_size=8, num_layers=2, num_heads=2,
                         mlp_dim=12, num_classes=3, classifier=classifier)
     model = sv.ViT(cfg, dtype="float64", params={k: rng.standard_normal(s) * 0.5
                                                  for k, s in sv.param_shapes(cfg).items()})
-    images = rng.uniform(-1, 1, (2, 12, 12, 3))
-    probs = model.attention_probabilities(images)
-    inputs = []
-    model._forward(images, keep_cache=False, attn_inputs=inputs)
-    assert len(probs) == len(inputs) == 2
-    for i, (a, h) in enumerate(zip(probs, inputs, strict=True)):
+    probs = model.attention_probabilities(rng.uniform(-1, 1, (2, 12, 12, 3)))
+    assert len(probs) == 2
+    for a in probs:
         assert a.shape == (2, 2, cfg.seq_len, cfg.seq_len)
         np.testing.assert_allclose(a.sum(axis=-1), 1.0)
-        p = {k: model.params[f"{block_prefix(i)}{ATTN}/{k}"] for k in ATTN_KEYS}
-        v = np.einsum("bnd,dhe->bnhe", h, p["value/kernel"]) + p["value/bias"]
-        y = np.einsum("bhqk,bkhe,hed->bqd", a, v, p["out/kernel"]) + p["out/bias"]
-        np.testing.assert_allclose(y, ops.attention_forward(h, p)[0], atol=1e-12)
+    assert not np.allclose(probs[0], probs[1])  # each block's own
 
 
 @pytest.mark.parametrize("classifier", ["token", "gap"])

@@ -3,7 +3,7 @@
 A forward returns its output and a cache; the matching backward takes the upstream gradient and
 that cache and returns the gradients. All work on NumPy or CuPy arrays alike.
 """
-from .attention import attention_backward, attention_forward, softmax_backward, softmax_forward
+from .attention import attention_backward, attention_forward, attention_weights, softmax_backward, softmax_forward
 from .cross_entropy import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .dense import dense_backward, dense_forward
 from .gelu import gelu_backward, gelu_forward
@@ -13,7 +13,7 @@ from .pooling import pool_backward, pool_forward
 from .tanh import tanh_backward, tanh_forward
 
 __all__ = [
-    "attention_backward", "attention_forward", "softmax_backward", "softmax_forward",
+    "attention_backward", "attention_forward", "attention_weights", "softmax_backward", "softmax_forward",
     "softmax_cross_entropy_backward", "softmax_cross_entropy_forward",
     "dense_backward", "dense_forward", "gelu_backward", "gelu_forward",
     "layer_norm_backward", "layer_norm_forward",

@@ -147,6 +147,14 @@ def attention_forward(x, p):
     return y.reshape(B, N, D), cache
 
 
+def attention_weights(cache):
+    """The attention probabilities A = softmax(q k^T / sqrt(head_dim)) that :func:`attention_forward`
+    computed, read from its cache: (B, heads, N, N), each row (last axis) sums to 1. For attention
+    maps (:mod:`scratchvit.rollout`); the array is the cache's own, not a copy.
+    """
+    return cache[5]
+
+
 def attention_backward(dy, cache):
     """Gradients of :func:`attention_forward`.
 
