@@ -40,8 +40,6 @@ BLOCK_ELEMENTS = 1 << 17
 # SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD). Where OpenBLAS cannot be held to one thread
 # (another BLAS), attention cuts its per-head products into row chunks below this size.
 SMALL_PRODUCT = 4 * 65536
-# Fewer images than this per thread: the batch is not split (per-call overhead would dominate).
-MIN_SHARD = 1
 
 _configured: dict | None = None
 _timeout_before_numpy = False
@@ -238,13 +236,13 @@ def split_batch(fn, batch: int, on_cpu: bool = True):
     threads with OpenBLAS held to one thread (:func:`blas_threads`), instead of every op being
     spread over the threads on its own: far fewer hand-overs between threads, and no OpenBLAS
     thread left spinning. Used only where that can be done: tuning on, a CPU array, OpenBLAS
-    reachable, more than one thread and at least ``MIN_SHARD`` items per thread; otherwise one
-    call ``fn(0, batch)``.
+    reachable, more than one thread and at least one item per thread; otherwise one call
+    ``fn(0, batch)``.
 
     Returns:
         The list of ``fn``'s return values, one per shard, in batch order.
     """
-    shards = min(NUM_THREADS, batch // max(MIN_SHARD, 1))
+    shards = min(NUM_THREADS, batch)
     if not on_cpu or shards < 2 or not _parallel() or not blas_thread_fns():
         return [fn(0, batch)]
     bounds = [batch * i // shards for i in range(shards + 1)]
