@@ -102,8 +102,7 @@ def evaluate_shared(run: Run, images, labels) -> dict:
     """Loss and accuracy of the whole set, each rank evaluating its contiguous share (sums reduced)."""
     lo, hi = run.dist.split_range(len(labels))
     if (lo, hi) != (0, len(labels)):
-        images = images[lo:hi] if isinstance(images, np.ndarray) else images[np.arange(lo, hi)]
-        labels = labels[lo:hi]
+        images, labels = images[lo:hi], labels[lo:hi]  # arrays and ImageFiles slice alike
     s = run.s
     r = evaluate(run.model, images, labels, s.eval_batch_size, workers=s.workers, skip_bad_images=s.skip_bad_images)
     n = len(r["labels"])  # fewer than len(labels) where --skip-bad-images left files out
