@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ops
 from .backend import get_xp, to_numpy
 from .data import load_image
 from .model import ViT
@@ -101,11 +102,7 @@ def class_names(num_classes: int, labels_file=None, info: dict | None = None) ->
 
 def softmax(logits) -> np.ndarray:
     """Row softmax of (B, K) logits (NumPy or CuPy), computed on their device, returned as float64 NumPy."""
-    xp = get_xp(logits)
-    z = logits.astype(xp.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = xp.exp(z)
-    return to_numpy(e / e.sum(axis=1, keepdims=True))
+    return to_numpy(ops.softmax_forward(logits.astype(get_xp(logits).float64)))  # a copy, softmaxed in place
 
 
 def predict(model: ViT, images: np.ndarray, names: list[str], top_k: int = 5) -> list[list[dict]]:
