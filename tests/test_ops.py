@@ -164,6 +164,32 @@ def test_cross_entropy_is_stable_for_huge_logits():
     assert np.isfinite(ops.softmax_cross_entropy_backward(cache)).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shift", [0.0, 60.0, 100.0, -100.0, 1e4, -1e4])
+def test_softmax_is_exact_and_finite_on_both_sides_of_the_exp_range_check(shift, dtype, rng):
+    """Rows inside [-EXP_SAFE, EXP_SAFE] take exp directly, others subtract the row max first; both
+    give softmax to rounding. A row shifted by +-1e4 would overflow or underflow to 0/0 without the max."""
+    from scratchvit.ops.attention import EXP_SAFE
+
+    s = rng.standard_normal((3, 4, 9)) * 2.0 + shift
+    s[1, 2] = shift - 50.0  # a constant row: uniform weights, even far below the others
+    s = s.astype(dtype)
+    expected = np.exp(s - s.max(axis=-1, keepdims=True), dtype=np.float64)  # float64 reference of the same input
+    expected /= expected.sum(axis=-1, keepdims=True)
+    assert (np.abs(s).max() <= EXP_SAFE) == (shift == 0.0)  # both paths are taken
+    out = ops.softmax_forward(s.copy())
+    assert out.dtype == dtype and np.isfinite(out).all()
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+    np.testing.assert_allclose(out[1, 2], np.full(9, 1 / 9), rtol=tol)
+
+
+def test_softmax_propagates_nan_instead_of_hiding_it():
+    s = np.array([[0.0, 1.0, np.nan], [0.0, 1.0, 2.0]])
+    out = ops.softmax_forward(s.copy())
+    assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
+
+
 @pytest.mark.parametrize("labels,msg", [(np.array([0, 5]), r"\[0, 5\)"), (np.array([-1, 0]), r"\[0, 5\)"),
                                         (np.array([0, 1, 2]), "shape"), (np.array([0.0, 1.0]), "integers")])
 def test_cross_entropy_rejects_bad_labels(labels, msg):
