@@ -212,19 +212,21 @@ class ViT:
             grads["images"] = dimages
         return grads
 
-    def loss_and_grads(self, images, labels, need_dinput: bool = False):
+    def loss_and_grads(self, images, labels, need_dinput: bool = False, label_smoothing: float = 0.0):
         """Mean softmax cross-entropy of the batch and its gradient for every parameter.
 
         Args:
             images: (B, H, W, 3) float in [-1, 1] (see :meth:`forward`).
             labels: (B,) integers in [0, num_classes).
             need_dinput: also return d loss / d images under the key "images" (gradient checks).
+            label_smoothing: eps in [0, 1) of :func:`scratchvit.ops.softmax_cross_entropy_forward`.
 
         Returns:
             (loss as a Python float, grads: dict with the same keys and shapes as ``params``).
 
         Raises:
-            ValueError: bad images (see :meth:`forward`), or labels of the wrong shape or out of range.
+            ValueError: bad images (see :meth:`forward`), labels of the wrong shape or out of range, or
+                label_smoothing outside [0, 1).
         """
         images, labels = self._images(images), to_device(labels, self.device)
         B = images.shape[0]
@@ -233,7 +235,7 @@ class ViT:
 
         def shard(s, e):  # the loss of a shard, weighted by its share of the batch, and its gradients
             logits, caches = self._forward(images[s:e], keep_cache=True)
-            loss, ce = ops.softmax_cross_entropy_forward(logits, labels[s:e])
+            loss, ce = ops.softmax_cross_entropy_forward(logits, labels[s:e], label_smoothing)
             dlogits = ops.softmax_cross_entropy_backward(ce, (e - s) / B)
             return float(loss) * (e - s) / B, self.backward(dlogits, caches, need_dinput=need_dinput)
 

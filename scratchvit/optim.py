@@ -167,7 +167,7 @@ def learning_rate(step: int, base_lr: float, total_steps: int, warmup_steps: int
     return lr
 
 
-def accumulate_gradient(model, images, labels, accum_steps: int):
+def accumulate_gradient(model, images, labels, accum_steps: int, label_smoothing: float = 0.0):
     """Mean loss and gradients of a batch computed in ``accum_steps`` equal micro-batches, as the official
     ``vit_jax/utils.py: accumulate_gradient``: the same result as one pass over the whole batch (up to
     rounding), with the activation memory of one micro-batch.
@@ -175,16 +175,18 @@ def accumulate_gradient(model, images, labels, accum_steps: int):
     Args:
         model: a :class:`scratchvit.ViT` (``loss_and_grads(images, labels) -> (float, {name: array})``).
         images: (B, H, W, 3); labels: (B,) int; B divisible by ``accum_steps``.
+        label_smoothing: passed on to ``model.loss_and_grads``.
 
     Returns:
         (loss: float, grads: {name: array like the parameter}), both means over the B images.
     """
     if accum_steps == 1:
-        return model.loss_and_grads(images, labels)
+        return model.loss_and_grads(images, labels, label_smoothing=label_smoothing)
     n = len(labels) // accum_steps
     total_loss, total = 0.0, None
     for i in range(accum_steps):
-        loss, grads = model.loss_and_grads(images[i * n:(i + 1) * n], labels[i * n:(i + 1) * n])
+        loss, grads = model.loss_and_grads(images[i * n:(i + 1) * n], labels[i * n:(i + 1) * n],
+                                           label_smoothing=label_smoothing)
         total_loss += loss
         if total is None:
             total = grads

@@ -77,6 +77,8 @@ class TrainSettings:
     accum_steps: int = setting(1, 3, "split each (rank's) batch into this many micro-batches whose gradients are "
                                "averaged: the same update with less memory")
     grad_clip: float = setting(1.0, 3, "clip the global gradient norm at this value; 0 turns it off")
+    label_smoothing: float = setting(0.0, 3, "training targets put 1 - this on the label and this / classes on "
+                                     "every class (validation and test losses stay plain cross-entropy)")
     eval_every: int = setting(100, 4, "steps between validation passes and checkpoints")
     eval_batch_size: int = setting(256, 4, "images per evaluation forward pass (per rank)")
     out: str = setting("runs/latest", 4, "output folder")
@@ -117,6 +119,8 @@ class TrainSettings:
                 raise ValueError(f"{flag(k)} must be positive, got {getattr(self, k)}")
         if self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("--warmup-steps and --grad-clip must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
         if self.model not in MODELS:

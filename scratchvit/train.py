@@ -119,7 +119,7 @@ def train_step(run: Run, x, y, step: int):
     """
     model, dist = run.model, run.dist
     x, y = dist.shard(x, y)
-    loss, grads = optim.accumulate_gradient(model, x, y, run.s.accum_steps)
+    loss, grads = optim.accumulate_gradient(model, x, y, run.s.accum_steps, run.s.label_smoothing)
     if dist.size > 1:
         dist.stall_hook(step)
         buf = dist.allreduce_mean(distributed.flatten(grads, loss, model.xp), step)

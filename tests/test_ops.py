@@ -82,6 +82,9 @@ CASES = {
     "cross_entropy": (lambda r: {"logits": r.standard_normal((4, 5)) * 3},
                       lambda logits: ops.softmax_cross_entropy_forward(logits, LABELS),
                       lambda R, c: {"logits": ops.softmax_cross_entropy_backward(c, float(R))}),
+    "cross_entropy_label_smoothing": (lambda r: {"logits": r.standard_normal((4, 5)) * 3},
+                                      lambda logits: ops.softmax_cross_entropy_forward(logits, LABELS, 0.1),
+                                      lambda R, c: {"logits": ops.softmax_cross_entropy_backward(c, float(R))}),
 }
 
 
@@ -110,6 +113,18 @@ def test_cross_entropy_value(rng):
     loss, _ = ops.softmax_cross_entropy_forward(logits, LABELS)
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     assert abs(float(loss) - (-np.log(p[np.arange(4), LABELS]).mean())) < 1e-14
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
+def test_cross_entropy_with_label_smoothing_is_the_cross_entropy_of_the_smoothed_target(rng, eps):
+    logits = rng.standard_normal((4, 5)) * 3
+    loss, _ = ops.softmax_cross_entropy_forward(logits, LABELS, eps)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    target = np.full((4, 5), eps / 5)
+    target[np.arange(4), LABELS] += 1 - eps
+    assert abs(float(loss) - (-(target * log_p).sum(1)).mean()) < 1e-14
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ops.softmax_cross_entropy_forward(logits, LABELS, 1.0)
 
 
 def test_patch_embedding_is_a_strided_convolution(rng):

@@ -253,7 +253,8 @@ def test_resume_keeps_the_run_settings_but_runtime_ones(tmp_path):
 @pytest.mark.parametrize("bad,msg", [({"eval_every": 0}, "--eval-every must be a positive integer"),
                                      ({"workers": True}, "--workers must be a positive integer"),
                                      ({"mpi_timeout": 0}, "--mpi-timeout must be positive"),
-                                     ({"augment": "rotate"}, "--augment must be one of")])
+                                     ({"augment": "rotate"}, "--augment must be one of"),
+                                     ({"label_smoothing": 1.0}, r"--label-smoothing must lie in \[0, 1\)")])
 def test_settings_validate_with_the_flag_name(bad, msg):
     with pytest.raises(ValueError, match=msg):
         settings.TrainSettings(**bad)
