@@ -12,8 +12,10 @@ The three projections run as one (B*N, D) x (D, 3D) product, with 1/sqrt(head_di
 the query kernel and bias. The per-head products run image block by image block on scratchvit's
 threads (``cpu.blockwise``), straight on (N, hd) views of that product (no copies: BLAS takes the
 row stride 3D as its leading dimension), each a whole (N x hd) x (hd x N) product with OpenBLAS
-held to one thread meanwhile (``cpu.single_threaded_blas``). Only where OpenBLAS cannot be held (another BLAS) are they cut
-into chunks of rows small enough for BLAS to run them on the calling thread (``cpu.SMALL_PRODUCT``).
+held to one thread meanwhile (``cpu.single_threaded_blas``). Only where OpenBLAS cannot be held
+(another BLAS) are they cut into chunks of rows small enough for BLAS to run them on the calling
+thread (``cpu.SMALL_PRODUCT``). The softmax takes exp without the row max when the scores are in
+range (:func:`_softmax_rows`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ from ..backend import get_xp
 from ..cpu import blockwise, single_threaded_blas
 from ..params import ATTN_PROJ
 from .dense import sum_rows
-
 
 # exp(x) is finite and normal in float32 for |x| <= 64 (e^64 ~ 6.2e27, e^-64 ~ 1.6e-28): a row of entries in
 # [-64, 64] sums, without the max subtracted, to between e^-64 and N e^64, far inside float32's range for any N.
