@@ -22,16 +22,13 @@ import platform
 import sys
 import time
 
-# name: (images, tokens, width D, heads, MLP width), as the geometries of train_step.py --suite issue10
-GEOMETRIES = {
-    "ViT-Ti_16 224px b32": (32, 197, 192, 3, 768),
-    "28px p4 w64 b128": (128, 50, 64, 4, 128),
-    "28px p7 w128 gap b128": (128, 16, 128, 4, 256),
-}
+from harness import ISSUE10_GEOMETRIES, geometry_config
 
 
-def shapes(images: int, tokens: int, width: int, heads: int, mlp: int) -> list[tuple[str, tuple]]:
-    """(label, shape) pairs: ("dense", (M, K, N)) or ("per-head", (count, M, K, N))."""
+def shapes(cfg, images: int) -> list[tuple[str, tuple]]:
+    """(label, shape) pairs of a ViTConfig and batch: ("dense", (M, K, N)) or ("per-head", (count, M, K, N))."""
+    tokens = (cfg.image_size // cfg.patch_size) ** 2 + (cfg.classifier == "token")
+    width, heads, mlp = cfg.hidden_size, cfg.num_heads, cfg.mlp_dim
     rows, hd = images * tokens, width // heads
     return [
         ("qkv projection", ("dense", (rows, width, 3 * width))),
@@ -71,9 +68,9 @@ def main(argv=None) -> int:
     results = []
     print(f"{platform.processor() or platform.machine()}, NumPy {np.__version__}, PyTorch {torch.__version__}, "
           f"threads {args.threads or 'default'}")
-    for geometry, dims in GEOMETRIES.items():
+    for geometry in ISSUE10_GEOMETRIES:
         print(f"\n{geometry}")
-        for label, (kind, shape) in shapes(*dims):
+        for label, (kind, shape) in shapes(*geometry_config(geometry)):
             if kind == "dense":
                 m, k, n = shape
                 a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)

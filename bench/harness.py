@@ -51,6 +51,33 @@ def set_thread_env(threads: int | None) -> None:
         os.environ[k] = str(threads)
 
 
+# The three geometries of issue 10, one table for train_step.py --suite issue10, ab.py and gemm_shapes.py:
+# name -> (ViT-Ti_16 fields overridden, batch size).
+SMALL = {"image_size": 28, "num_layers": 4, "num_heads": 4, "num_classes": 10}
+ISSUE10_GEOMETRIES = {
+    "ti16_b32": ({"num_classes": 1000}, 32),
+    "p4_d64_b128": ({**SMALL, "patch_size": 4, "hidden_size": 64, "mlp_dim": 128}, 128),
+    "p7_d128_gap_b128": ({**SMALL, "patch_size": 7, "hidden_size": 128, "mlp_dim": 256, "classifier": "gap"}, 128),
+}
+
+
+def geometry_args(name: str) -> list[str]:
+    """The command-line options (:func:`add_model_args` and ``--batch-size``) of an issue-10 geometry."""
+    fields, batch = ISSUE10_GEOMETRIES[name]
+    args = ["--model", "ViT-Ti_16"]
+    for k, v in fields.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args + ["--batch-size", str(batch)]
+
+
+def geometry_config(name: str):
+    """The ViTConfig and the batch size of an issue-10 geometry."""
+    import scratchvit as sv
+
+    fields, batch = ISSUE10_GEOMETRIES[name]
+    return sv.get_config("ViT-Ti_16", **fields), batch
+
+
 def make_config(args):
     """The ViTConfig of ``args`` (the options of :func:`add_model_args`)."""
     import scratchvit as sv

@@ -39,14 +39,8 @@ from pathlib import Path
 import harness as h
 import probes
 
-GEOMETRY = ["--image-size", "28", "--num-layers", "4", "--num-heads", "4", "--num-classes", "10",
-            "--batch-size", "128"]
 SUITES = {"issue10": {  # name -> (geometry options, steps per round)
-    "ti16_b32": (["--model", "ViT-Ti_16", "--batch-size", "32"], 2),
-    "p4_d64_b128": (GEOMETRY + ["--patch-size", "4", "--hidden-size", "64", "--mlp-dim", "128"], 3),
-    "p7_d128_gap_b128": (GEOMETRY + ["--patch-size", "7", "--hidden-size", "128", "--mlp-dim", "256",
-                                     "--classifier", "gap"], 3),
-}}
+    name: (h.geometry_args(name), 2 if name == "ti16_b32" else 3) for name in h.ISSUE10_GEOMETRIES}}
 
 
 def build_parser() -> argparse.ArgumentParser:
