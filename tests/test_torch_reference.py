@@ -174,3 +174,23 @@ def test_scaling_script_smoke(tmp_path):
                                "--steps", "1", "--warmup", "0", "--pause", "0", "--out-dir", str(tmp_path)])
     assert len(res["sweeps"]["batch"]) == 2 and len(res["sweeps"]["image"]) == 2
     assert (tmp_path / "scaling.png").exists() and list(tmp_path.glob("scaling_*.json"))
+
+
+def test_elementwise_ops_script_compares_equal_work(tmp_path):
+    """bench/elementwise_ops.py times the same function in both libraries: outputs and input
+    gradients of layer norm, GELU and softmax agree, and the script writes its JSON."""
+    import elementwise_ops as eo
+
+    rng = np.random.default_rng(1)
+    for op, shape in (("layer norm", (40, 24)), ("GELU", (40, 48)), ("softmax", (6, 9, 9))):
+        x, dy = rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32)
+        ours, theirs = eo.op_pair(op, x, dy)
+        (y0, dx0), (y1, dx1) = ours(), theirs()
+        np.testing.assert_allclose(y0, y1, rtol=1e-4, atol=1e-5, err_msg=op)
+        np.testing.assert_allclose(dx0, dx1, rtol=1e-4, atol=1e-4, err_msg=op)
+    out = tmp_path / "eo.json"
+    assert eo.main(["--repeats", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["geometry"], r["op"]) for r in rows} == {(g, o) for g in eo.ISSUE10_GEOMETRIES
+                                                        for o in ("layer norm", "GELU", "softmax")}
+    assert all(r["scratchvit_us"] > 0 and r["torch_us"] > 0 for r in rows)
