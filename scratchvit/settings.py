@@ -119,6 +119,9 @@ class TrainSettings:
                 raise ValueError(f"{flag(k)} must be positive, got {getattr(self, k)}")
         if self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("--warmup-steps and --grad-clip must be >= 0")
+        if self.epochs is None and self.schedule != "constant" and self.warmup_steps >= self.steps:
+            raise ValueError(f"--warmup-steps {self.warmup_steps} must be below --steps {self.steps} (the "
+                             f"{self.schedule} schedule decays after the warmup); give a smaller --warmup-steps")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
         if not 0 < self.val_fraction < 1:

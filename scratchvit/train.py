@@ -8,7 +8,7 @@ machine), 2% of the training set held out for validation.
 Examples:
     # a small ViT from scratch on Fashion-MNIST (the quickstart preset; minutes on a laptop CPU)
     python -m scratchvit.train --config fashion-mnist --out runs/fmnist
-    # fine-tune the official ImageNet-21k ViT-B/16 on CIFAR-10 at 224 px, as the paper
+    # fine-tune the official ImageNet-21k ViT-B/16 on CIFAR-10 at 384 px, as the paper
     python -m scratchvit.train --config cifar10-finetune --checkpoint ViT-B_16.npz --device gpu
     # carry on a stopped run
     python -m scratchvit.train --out runs/fmnist --resume

@@ -167,14 +167,15 @@ def test_evaluate_cli_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_missing_dataset_names_file_and_address(tmp_path, isolated_data, capsys):
-    assert train.main(["--dataset", "cifar10", "--out", str(tmp_path / "o"), "--steps", "2", "--no-progress"]) == 2
+    assert train.main(["--dataset", "cifar10", "--out", str(tmp_path / "o"), "--steps", "2", "--warmup-steps", "1",
+                       "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "cifar-10-python.tar.gz" in err and "https://www.cs.toronto.edu/" in err
 
 
 def test_wrong_data_dir(tmp_path, capsys):
     assert train.main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "nowhere"), "--steps", "2",
-                       "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+                       "--warmup-steps", "1", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "nowhere" in capsys.readouterr().err
 
 
@@ -182,7 +183,7 @@ def test_corrupt_archive(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SCRATCHVIT_DATA", str(tmp_path / "cache"))
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")
     assert train.main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--steps", "2",
-                       "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+                       "--warmup-steps", "1", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "cifar-10-python.tar.gz" in capsys.readouterr().err
 
 
@@ -234,7 +235,8 @@ def test_unknown_preset_key_is_named(tmp_path, capsys):
 
 
 def test_cli_beats_preset_and_steps_beat_preset_epochs():
-    s, _ = settings.resolve_settings(["--config", "fashion-mnist", "--lr", "0.5", "--steps", "7"])
+    s, _ = settings.resolve_settings(["--config", "fashion-mnist", "--lr", "0.5", "--steps", "7",
+                                          "--warmup-steps", "2"])
     assert (s.lr, s.steps, s.epochs, s.dataset) == (0.5, 7, None, "fashion-mnist")
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.lr = 1.0
@@ -258,3 +260,27 @@ def test_resume_keeps_the_run_settings_but_runtime_ones(tmp_path):
 def test_settings_validate_with_the_flag_name(bad, msg):
     with pytest.raises(ValueError, match=msg):
         settings.TrainSettings(**bad)
+
+
+def test_readme_training_commands_resolve():
+    """Every `python -m scratchvit.train ...` command line in README.md code blocks parses and passes
+    the settings checks (a wrong flag, or a warmup as long as the run, fails before any data is read)."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().replace("\\\n", " ")
+    blocks = readme.split("```")[1::2]  # the insides of the fenced code blocks
+    commands = []
+    for line in "\n".join(blocks).splitlines():
+        if "scratchvit.train" not in line:
+            continue
+        words = shlex.split(line.split("#")[0])
+        argv = words[words.index("scratchvit.train") + 1:]
+        if argv and argv[0].startswith("--") and "--resume" not in argv:  # not the layout table's mention
+            commands.append(argv)
+    assert len(commands) >= 5, commands  # the quickstart, fine-tuning, own images, from scratch, MPI
+    for argv in commands:
+        s, resume = settings.resolve_settings(argv)
+        assert not resume, argv
+    with pytest.raises(ValueError, match="--warmup-steps 500 must be below --steps 500"):
+        settings.resolve_settings(["--config", "cifar10-finetune", "--steps", "500"])
