@@ -194,3 +194,19 @@ def test_elementwise_ops_script_compares_equal_work(tmp_path):
     assert {(r["geometry"], r["op"]) for r in rows} == {(g, o) for g in eo.ISSUE10_GEOMETRIES
                                                         for o in ("layer norm", "GELU", "softmax")}
     assert all(r["scratchvit_us"] > 0 and r["torch_us"] > 0 for r in rows)
+
+
+def test_op_profile_accounts_for_the_step():
+    """bench/op_profile.py: every op of the model is timed, and the ops' times fit inside the step's."""
+    import op_profile
+
+    import scratchvit as sv
+
+    cfg = sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_layers=1, num_heads=2,
+                        mlp_dim=32, num_classes=3)
+    total, spent = op_profile.profile(cfg, batch=4, repeats=2)
+    for op in ("patch_embedding", "layer_norm", "attention", "dense", "gelu"):
+        assert spent[f"{op}_forward"] > 0 and spent[f"{op}_backward"] > 0, op
+    assert 0 < sum(spent.values()) <= total
+    from scratchvit import ops
+    assert ops.dense_forward.__module__ == "scratchvit.ops.dense"  # the timers are removed afterwards
