@@ -4,7 +4,9 @@
   "class_names" and sizes (:func:`write_config`; read back by --resume and by the predict CLI);
 - ``metrics.jsonl``: one JSON object per line (:class:`MetricsLog`);
 - ``last.npz`` / ``best.npz``: parameters in the official checkpoint layout;
-- ``state.npz``: optimiser state, step, best validation accuracy, seed (:func:`save_state`, :func:`load_state`).
+- ``state.npz``: the resume point in one file: parameters, optimiser state, step, best validation
+  accuracy, seed (:func:`save_state`, :func:`load_state`). It repeats last.npz's parameters so that a
+  crash between the two writes can never pair one step's parameters with another step's optimiser.
 """
 from __future__ import annotations
 
@@ -35,7 +37,17 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            kept = []
+            for i, ln in enumerate(lines):
+                try:
+                    record = json.loads(ln)
+                except json.JSONDecodeError:
+                    if i == len(lines) - 1:  # a line cut short by a crash while it was appended
+                        break
+                    raise ValueError(f"--resume: {path} line {i + 1} is not JSON: {ln[:80]!r}") from None
+                if record["step"] <= resume_step:
+                    kept.append(ln)
             write_text_atomic(path, "".join(ln + "\n" for ln in kept))
         elif path.exists():
             path.unlink()
@@ -47,9 +59,15 @@ class MetricsLog:
 
 
 def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, seed: int) -> None:
-    """last.npz (parameters, official layout, model dtype) then state.npz (optimiser, step), atomically."""
+    """last.npz (parameters, official layout, model dtype), then state.npz (the same parameters, the
+    optimiser state, step, best validation accuracy, seed), each written atomically.
+
+    Raises:
+        OSError: a file cannot be written (the previous one is left whole).
+    """
     save_checkpoint(out / "last.npz", model.params, dtype=None)
-    arrays = {f"opt/{k}": v for k, v in opt_state.items()}
+    arrays = {f"params/{k}": v for k, v in model.params.items()}
+    arrays.update({f"opt/{k}": v for k, v in opt_state.items()})
     arrays["step"] = np.array(step, np.int64)
     arrays["best_val_accuracy"] = np.array(best_val, np.float64)
     arrays["seed"] = np.array(seed, np.int64)
@@ -57,22 +75,33 @@ def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, se
 
 
 def load_state(out: Path, model, opt_state: dict) -> tuple[int, float]:
-    """Restore parameters (last.npz) and optimiser state (state.npz) in place; return (step, best_val_accuracy).
+    """Restore parameters and optimiser state from state.npz in place; return (step, best_val_accuracy).
+
+    A state.npz written before it held the parameters (older runs) takes them from last.npz.
 
     Raises:
-        FileNotFoundError / ValueError: missing or mismatched files, naming them.
+        FileNotFoundError / ValueError: missing files, or arrays whose names or shapes are not this
+        run's, naming the file.
     """
     from .backend import to_device  # noqa: PLC0415
 
-    params = read_npz(out / "last.npz")
-    st = read_npz(out / "state.npz")
+    path = out / "state.npz"
+    st = read_npz(path)
+    params = {k[len("params/"):]: v for k, v in st.items() if k.startswith("params/")}
+    if not params:
+        path = out / "last.npz"
+        params = read_npz(path)
     if set(params) != set(model.params):
-        raise ValueError(f"--resume: {out / 'last.npz'} does not hold this run's parameters")
-    for k in model.params:
-        model.params[k] = to_device(params[k], model.device, model.dtype)
+        raise ValueError(f"--resume: {path} does not hold this run's parameters")
+    wrong = [k for k in model.params if tuple(params[k].shape) != tuple(model.params[k].shape)]
+    if wrong:
+        raise ValueError(f"--resume: {path} holds {wrong[0]} of shape {tuple(params[wrong[0]].shape)}, this run's "
+                         f"is {tuple(model.params[wrong[0]].shape)}")
     missing = [k for k in opt_state if f"opt/{k}" not in st]
     if missing:
         raise ValueError(f"--resume: {out / 'state.npz'} lacks optimiser state {missing[:3]}")
+    for k in model.params:
+        model.params[k] = to_device(params[k], model.device, model.dtype)
     for k in list(opt_state):
         saved = st[f"opt/{k}"]
         opt_state[k] = saved if k == "count" else to_device(saved, model.device, model.dtype)

@@ -16,17 +16,21 @@ Examples:
     mpiexec -n 2 python -m scratchvit.train --config fashion-mnist
 
 A run writes to --out: config.json (every setting), metrics.jsonl (one JSON object per line),
-last.npz and best.npz (official checkpoint layout), state.npz (optimiser state, step, best
-validation accuracy). Everything is written atomically; Ctrl-C saves and exits; --resume
-continues bit for bit where the run stopped. Settings: scratchvit/settings.py.
+last.npz and best.npz (official checkpoint layout), state.npz (the resume point: parameters,
+optimiser state, step, best validation accuracy). Everything is written atomically; Ctrl-C stops at
+the end of the current step, saves and exits (a second Ctrl-C exits at once, without saving);
+--resume continues bit for bit where the run stopped. Settings: scratchvit/settings.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,6 +135,38 @@ def train_step(run: Run, x, y, step: int):
     return loss, gnorm
 
 
+@contextlib.contextmanager
+def interrupts_between_steps():
+    """Ctrl-C (SIGINT) while training is acted on between two steps, not wherever it lands.
+
+    A KeyboardInterrupt raised inside the optimiser update, or after the update but before the step
+    counter moves, would leave parameters and step out of step, and the state saved on the way out
+    would repeat or lose an update on resume. Inside this block a first Ctrl-C only sets a flag; the
+    loop checks it before each step and stops there, so the saved state is always that of a whole
+    step. A second Ctrl-C raises KeyboardInterrupt at once (the flag then counts 2: nothing more is
+    saved). Signals reach only the main thread: elsewhere (a training loop started from a thread)
+    Ctrl-C is not redirected and the flag stays empty.
+
+    Yields:
+        a list: empty until Ctrl-C, one entry per Ctrl-C after.
+    """
+    pressed: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+
+    def on_sigint(signum, frame):
+        pressed.append(True)
+        if len(pressed) > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: bool = True, dist=None) -> dict:
     """One training run with settings ``s``; returns a summary dict (status, step, accuracies, seconds).
 
@@ -148,37 +184,44 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     batches = Batches(tr_x, tr_y, s.batch_size, run.model.config.image_size, train=True, augment=s.augment,
                       seed=s.seed, start_step=step, workers=s.workers, crop_min_area=s.crop_min_area,
                       skip_bad_images=s.skip_bad_images)
-    try:
-        for step_in, x, y in batches:
-            if step >= run.total_steps:
-                break
-            assert step_in == step
-            try:
-                loss, gnorm = train_step(run, x, y, step)
-            except FloatingPointError as e:
-                saved = (f"the last good checkpoint is {out / 'last.npz'} (step {last_saved})" if last_saved
-                         else "no checkpoint was written before it")
-                raise FloatingPointError(f"{e}; stopping: {saved}. Try a lower --lr") from None
-            step += 1
-            win[0], win[1] = win[0] + loss * len(y), win[1] + len(y)
+    with interrupts_between_steps() as pressed:
+        try:
+            for step_in, x, y in batches:
+                if step >= run.total_steps:
+                    break
+                if pressed:  # Ctrl-C during the last step or evaluation: stop here, between steps
+                    raise KeyboardInterrupt
+                assert step_in == step
+                try:
+                    loss, gnorm = train_step(run, x, y, step)
+                except FloatingPointError as e:
+                    saved = (f"the last good checkpoint is {out / 'last.npz'} (step {last_saved})" if last_saved
+                             else "no checkpoint was written before it")
+                    raise FloatingPointError(f"{e}; stopping: {saved}. Try a lower --lr") from None
+                step += 1
+                win[0], win[1] = win[0] + loss * len(y), win[1] + len(y)
+                if bar is not None:
+                    bar.update(1)
+                    img_s = win[1] / (time.perf_counter() - win[2])
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.lr(step - 1):.2g}",
+                                    best_val=f"{max(run.best_val, 0):.3f}", img_s=f"{img_s:.0f}")
+                if step % s.eval_every == 0 or step == run.total_steps:
+                    validate_and_save(run, val_x, val_y, step, win, gnorm, bar.write if bar is not None else log)
+                    last_saved, win = step, [0.0, 0, time.perf_counter()]
+        except KeyboardInterrupt:
+            status = "interrupted"
+            if len(pressed) > 1:  # a second Ctrl-C, maybe in the middle of a step: its state is not saved
+                log(f"\ninterrupted twice at step {step}: not saved; the last saved state is step {last_saved} "
+                    f"(python -m scratchvit.train --out {out} --resume)")
+            else:
+                if dist.is_main:
+                    runs.save_state(out, run.model, run.opt_state, step, run.best_val, s.seed)
+                log(f"\ninterrupted at step {step}: saved {out / 'last.npz'} and {out / 'state.npz'}; "
+                    f"continue with: python -m scratchvit.train --out {out} --resume")
+        finally:
+            batches.close()
             if bar is not None:
-                bar.update(1)
-                img_s = win[1] / (time.perf_counter() - win[2])
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.lr(step - 1):.2g}",
-                                best_val=f"{max(run.best_val, 0):.3f}", img_s=f"{img_s:.0f}")
-            if step % s.eval_every == 0 or step == run.total_steps:
-                validate_and_save(run, val_x, val_y, step, win, gnorm, bar.write if bar is not None else log)
-                last_saved, win = step, [0.0, 0, time.perf_counter()]
-    except KeyboardInterrupt:
-        status = "interrupted"
-        if dist.is_main:
-            runs.save_state(out, run.model, run.opt_state, step, run.best_val, s.seed)
-        log(f"\ninterrupted at step {step}: saved {out / 'last.npz'} and {out / 'state.npz'}; "
-            f"continue with: python -m scratchvit.train --out {out} --resume")
-    finally:
-        batches.close()
-        if bar is not None:
-            bar.close()
+                bar.close()
     summary = {"status": status, "step": step, "total_steps": run.total_steps, "best_val_accuracy": run.best_val}
     if status == "done" and run_test:
         r = evaluate_shared(run, ds.test_images, ds.test_labels)
@@ -206,6 +249,7 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
         step, best_val = runs.load_state(out, model, opt_state)
         log(f"resuming {out} at step {step} of {total_steps}")
     elif not resume and dist.is_main:
+        (out / "state.npz").unlink(missing_ok=True)  # an earlier run's resume point in this folder is not ours
         runs.write_config(out, s.to_dict(), model, ds, train_images=n_train, val_images=n_val,
                           test_images=len(ds.test_labels), total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     metrics = runs.MetricsLog(out / "metrics.jsonl", step if resume else None, enabled=dist.is_main)
@@ -255,6 +299,10 @@ def lr_sweep(s: TrainSettings, log=print, dist=None) -> float:
     """The paper's learning-rate sweep: a --sweep-steps run per rate, scored on the validation split.
 
     Writes out/sweep.json (rank 0) and returns the best rate.
+
+    Raises:
+        ValueError: no positive rates in --lr-sweep. KeyboardInterrupt: Ctrl-C stopped one of the runs
+        (its state is saved in its own folder, out/sweep_lr<rate>; nothing is scored).
     """
     rates = [float(r) for r in str(s.lr_sweep).split(",") if r.strip()]
     if not rates or any(r <= 0 for r in rates):
@@ -264,8 +312,10 @@ def lr_sweep(s: TrainSettings, log=print, dist=None) -> float:
         sub = s.replace(lr=lr, lr_sweep=None, steps=s.sweep_steps, epochs=None, eval_every=s.sweep_steps,
                         warmup_steps=min(s.warmup_steps, s.sweep_steps // 5), out=str(Path(s.out) / f"sweep_lr{lr:g}"))
         log(f"sweep: lr {lr:g}, {sub.steps} steps")
-        results.append({"lr": lr, "val_accuracy": train(sub, ds=ds, log=log, run_test=False,
-                                                        dist=dist)["best_val_accuracy"]})
+        r = train(sub, ds=ds, log=log, run_test=False, dist=dist)
+        if r["status"] != "done":  # Ctrl-C: a cut-short run scores nothing; stop the whole sweep
+            raise KeyboardInterrupt(f"the learning-rate sweep was interrupted at lr {lr:g}")
+        results.append({"lr": lr, "val_accuracy": r["best_val_accuracy"]})
     best = max(results, key=lambda r: r["val_accuracy"])["lr"]
     if dist is None or dist.is_main:
         Path(s.out).mkdir(parents=True, exist_ok=True)
@@ -277,6 +327,14 @@ def lr_sweep(s: TrainSettings, log=print, dist=None) -> float:
 
 
 def main(argv=None) -> int:
+    """``python -m scratchvit.train``: settings from ``argv`` (the command line if None), then the sweep
+    (--lr-sweep), the run and the test pass.
+
+    Returns:
+        the exit status: 0 done; 2 a setting, file or dataset that cannot work (the message on stderr);
+        3 the loss stopped being finite; 130 stopped by Ctrl-C (the state of the last whole step is
+        saved: --resume continues).
+    """
     cpu.configure()
     try:
         s, resume = resolve_settings(argv, description=__doc__)
@@ -299,6 +357,9 @@ def main(argv=None) -> int:
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt as e:  # raised by lr_sweep after a run saved its state; a plain run returns below
+        print(f"stopped: {e}" if str(e) else "stopped", file=sys.stderr)
+        return 130
     return 0 if summary["status"] == "done" else 130
 
 

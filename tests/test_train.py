@@ -284,3 +284,114 @@ def test_readme_training_commands_resolve():
         assert not resume, argv
     with pytest.raises(ValueError, match="--warmup-steps 500 must be below --steps 500"):
         settings.resolve_settings(["--config", "cifar10-finetune", "--steps", "500"])
+
+
+def _interrupt_after_update(monkeypatch, at_call, signals=1):
+    """Make the optimiser's update send itself SIGINT ``signals`` times right after its ``at_call``-th update."""
+    import signal
+
+    real_make = optim.make_optimizer
+    calls = {"n": 0}
+
+    def make(*a, **k):
+        opt = real_make(*a, **k)
+        real_update = opt.update
+
+        def update(*ua, **uk):
+            out = real_update(*ua, **uk)
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                for _ in range(signals):
+                    signal.raise_signal(signal.SIGINT)
+            return out
+
+        opt.update = update
+        return opt
+
+    monkeypatch.setattr(optim, "make_optimizer", make)
+
+
+def test_ctrl_c_during_a_step_saves_the_whole_step(fmnist_dir, tmp_path, monkeypatch):
+    """A real SIGINT that lands after an update but before the step counter moves: the run stops at the
+    next step boundary, saves step 7 with the parameters of step 7, and resumes bit for bit."""
+    args = ("--optimizer", "adamw", "--lr", "0.01", "--steps", "10")
+    assert run(fmnist_dir, tmp_path / "straight", *args) == 0
+    with monkeypatch.context() as m:
+        _interrupt_after_update(m, at_call=7)
+        assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
+    with np.load(tmp_path / "stopped" / "state.npz") as st:
+        assert int(st["step"]) == 7
+    assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
+    with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_second_ctrl_c_stops_without_saving(fmnist_dir, tmp_path, monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        _interrupt_after_update(m, at_call=6, signals=2)
+        assert run(fmnist_dir, tmp_path / "r", "--steps", "10") == 130
+    with np.load(tmp_path / "r" / "state.npz") as st:
+        assert int(st["step"]) == 4  # the evaluation at step 4 saved it; the interrupt at step 6 did not
+    assert "interrupted twice at step 5" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_the_lr_sweep(fmnist_dir, tmp_path, monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        _interrupt_after_update(m, at_call=3)
+        assert run(fmnist_dir, tmp_path / "sweep", "--lr-sweep", "0.001,0.01", "--sweep-steps", "8",
+                   "--steps", "8") == 130
+    assert not (tmp_path / "sweep" / "sweep.json").exists()
+    assert not (tmp_path / "sweep" / "sweep_lr0.01").exists()  # the second rate never started
+    assert "sweep was interrupted at lr 0.001" in capsys.readouterr().err
+
+
+def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
+    """state.npz alone restores the run: a last.npz from another step (a crash between the two writes)
+    changes nothing; arrays of the wrong shape are refused; a fresh run in the same folder removes
+    the old resume point."""
+    out = tmp_path / "r"
+    args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "8")
+    assert run(fmnist_dir, tmp_path / "straight", *args) == 0
+    with monkeypatch.context() as m:
+        real, calls = optim.accumulate_gradient, {"n": 0}
+
+        def stop_before_step_6(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 6:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+
+        m.setattr(optim, "accumulate_gradient", stop_before_step_6)
+        assert run(fmnist_dir, out, *args) == 130  # state saved at step 5
+    with np.load(out / "last.npz") as z:  # last.npz of some other step
+        sv.save_checkpoint(out / "last.npz", {k: z[k] + 1 for k in z.files})
+    assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 0
+    with np.load(tmp_path / "straight" / "last.npz") as a, np.load(out / "last.npz") as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+    with np.load(out / "state.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    key = next(k for k in arrays if k.endswith("head/kernel"))
+    arrays[key] = arrays[key][:, :3]
+    np.savez(out / "state.npz", **arrays)
+    assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 2
+
+    assert run(fmnist_dir, out, *args, "--steps", "4", "--eval-every", "100") == 0  # fresh run, evaluates at 4
+    with np.load(out / "state.npz") as st:
+        assert int(st["step"]) == 4 and st[key].shape[1] == 10
+
+
+def test_resume_drops_a_metrics_line_cut_short(fmnist_dir, tmp_path):
+    out = tmp_path / "r"
+    args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "8")
+    assert run(fmnist_dir, out, *args) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    kept = [ln for ln in lines if json.loads(ln)["step"] <= 4]
+    (out / "metrics.jsonl").write_text("\n".join(kept) + '\n{"step": 5, "spl')  # a crash mid-append
+    with np.load(out / "state.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    assert int(arrays["step"]) == 8
+    assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 0
+    assert all(json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines())
