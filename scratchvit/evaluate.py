@@ -109,10 +109,14 @@ def format_report(dataset_name, class_names, result, cm) -> str:
 
 
 def main(argv=None) -> int:
+    """``python -m scratchvit.evaluate``: accuracy, loss, per-class accuracy and the confusion matrix of a
+    checkpoint on a dataset split, printed (and written to --json). Returns the exit status: 0, or 2 with
+    a one-line message on stderr for a bad argument, file or dataset."""
     cpu.configure()
     from . import ViT  # noqa: PLC0415
     from .checks import check_positive_int  # noqa: PLC0415
     from .data import DATASETS  # noqa: PLC0415
+    from .runs import run_gelu, run_info  # noqa: PLC0415
 
     ap = argparse.ArgumentParser(prog="python -m scratchvit.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,8 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    ap.add_argument("--gelu", default="tanh", choices=("tanh", "erf"),
-                    help="GELU form the weights were trained with (tanh: official JAX; erf: PyTorch/timm)")
+    ap.add_argument("--gelu", default=None, choices=("tanh", "erf"),
+                    help="GELU form the weights were trained with (tanh: official JAX; erf: PyTorch/timm); "
+                         "default: the run's config.json next to the checkpoint, else tanh")
     ap.add_argument("--workers", type=int, default=2, help="threads preparing images (default: 2)")
     ap.add_argument("--skip-bad-images", action="store_true",
                     help="imagefolder: skip and count unreadable image files instead of stopping at the first one")
@@ -134,7 +139,8 @@ def main(argv=None) -> int:
     try:
         check_positive_int("--batch-size", args.batch_size)
         check_positive_int("--workers", args.workers)
-        model = ViT.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, gelu=args.gelu)
+        gelu = args.gelu or run_gelu(run_info(args.checkpoint))
+        model = ViT.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, gelu=gelu)
         ds = open_dataset(args.dataset, args.data_dir, image_size=model.config.image_size,
                           skip_bad_images=args.skip_bad_images, log=lambda m: print(m, file=sys.stderr))
         if model.config.num_classes != ds.num_classes:

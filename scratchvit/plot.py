@@ -111,6 +111,9 @@ def plot_runs(runs: dict[str, dict], out) -> None:
 
 
 def main(argv=None) -> int:
+    """``python -m scratchvit.plot RUN [RUN ...] [--out PNG]``: loss and accuracy against step of one or more
+    runs in one PNG. Returns the exit status: 0, or 2 with a one-line message on stderr for an unreadable
+    metrics file or a missing output folder (argparse exits 2 on a bad argument)."""
     p = argparse.ArgumentParser(prog="python -m scratchvit.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.jsonl) or metrics.jsonl files")
     p.add_argument("--out", help="the PNG to write (default: curves.png in the first run's folder)")

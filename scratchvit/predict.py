@@ -27,6 +27,7 @@ from .backend import get_xp, to_numpy
 from .data import load_image
 from .model import ViT
 from .rollout import attention_rollout, overlay_panel, save_png_atomic
+from .runs import run_gelu, run_info
 
 IMAGENET_LABELS = Path(__file__).resolve().parent / "labels" / "imagenet1k.txt"
 
@@ -63,21 +64,6 @@ def read_labels(path) -> list[str]:
     while lines and not lines[-1].strip():
         lines.pop()
     return [line.strip() for line in lines]
-
-
-def run_info(checkpoint) -> dict:
-    """The ``config.json`` a training run wrote next to ``checkpoint``, or {} when there is none.
-
-    Raises:
-        InputError: the file exists but is not valid JSON.
-    """
-    path = Path(checkpoint).parent / "config.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {str(path)!r}: {e}") from e
 
 
 def class_names(num_classes: int, labels_file=None, info: dict | None = None) -> list[str]:
@@ -135,6 +121,8 @@ def attention_map(model: ViT, images: np.ndarray) -> np.ndarray:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The predict CLI's arguments from ``argv`` (the command line if None); exits with status 2 and a
+    usage message on a bad one (argparse)."""
     p = argparse.ArgumentParser(prog="python -m scratchvit.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     p.add_argument("--checkpoint", required=True, help="an .npz checkpoint (official layout)")
@@ -154,12 +142,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """``python -m scratchvit.predict``: the top-k classes of each image (text or --json), and the attention
+    rollout maps (--attention-map). Returns the exit status: 0, or 2 with a one-line message on stderr for
+    an unreadable checkpoint, image or labels file."""
     args = parse_args(argv)
     try:
-        info = run_info(args.checkpoint)
-        gelu = info.get("settings", {}).get("gelu") or info.get("model_config", {}).get("gelu")
         try:
-            model = ViT.from_checkpoint(args.checkpoint, device=args.device, gelu=gelu)
+            info = run_info(args.checkpoint)
+            model = ViT.from_checkpoint(args.checkpoint, device=args.device, gelu=run_gelu(info))
         except (FileNotFoundError, ValueError) as e:
             raise InputError(str(e)) from e
         names = class_names(model.config.num_classes, args.labels, info)

@@ -27,6 +27,26 @@ def write_config(out: Path, settings: dict, model, ds, **sizes) -> None:
         "num_params": model.num_params()}, indent=2) + "\n")
 
 
+def run_info(checkpoint) -> dict:
+    """The ``config.json`` a training run wrote next to ``checkpoint`` (a path), or {} when there is none.
+
+    Raises:
+        ValueError: the file exists but cannot be read as JSON (naming it).
+    """
+    path = Path(checkpoint).parent / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {str(path)!r}: {e}") from e
+
+
+def run_gelu(info: dict) -> str | None:
+    """The GELU form ("tanh" or "erf") a run trained with, from its :func:`run_info`; None if not recorded."""
+    return info.get("settings", {}).get("gelu") or info.get("model_config", {}).get("gelu")
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, flushed at once. On resume, lines past the resumed
     step (written after the last checkpoint) are dropped so that the log matches the state.

@@ -395,3 +395,18 @@ def test_resume_drops_a_metrics_line_cut_short(fmnist_dir, tmp_path):
     assert int(arrays["step"]) == 8
     assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 0
     assert all(json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines())
+
+
+def test_evaluate_cli_takes_the_runs_gelu(fmnist_dir, tmp_path, capsys):
+    """A run trained with --gelu erf is evaluated with erf unless --gelu says otherwise: the loss equals
+    the one with --gelu erf given, and differs from --gelu tanh."""
+    out = tmp_path / "run"
+    assert run(fmnist_dir, out, "--optimizer", "adamw", "--lr", "0.01", "--steps", "8", "--gelu", "erf") == 0
+    losses = {}
+    for form in (None, "erf", "tanh"):
+        j = tmp_path / f"{form}.json"
+        argv = ["--checkpoint", str(out / "best.npz"), "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir),
+                "--json", str(j)] + (["--gelu", form] if form else [])
+        assert evaluate.main(argv) == 0
+        losses[form] = json.loads(j.read_text())["loss"]
+    assert losses[None] == losses["erf"] != losses["tanh"]
