@@ -5,8 +5,10 @@ call is free) or :class:`MPI` (mpi4py, the optional extra ``scratchvit[mpi]``). 
 synchronous data parallelism (as ``pmap`` + ``lax.pmean`` in the official vit_jax):
 
 - every rank builds the same global batch of ``--batch-size`` images (same order and augmentation
-  as one process) and takes its contiguous 1/N of the rows (:meth:`MPI.shard`); the data work is
-  therefore repeated on every rank, the model work is divided;
+  as one process) and takes its contiguous 1/N of the rows (:meth:`MPI.split_range`; a batch that
+  ``--skip-bad-images`` left short splits unevenly, and each rank then weights its mean by its share
+  before the allreduce, ``train.train_step``); the data work is therefore repeated on every rank,
+  the model work is divided;
 - each rank's gradients and loss go into one contiguous buffer in the parameters' order, summed with
   ONE allreduce per step and divided by N (:meth:`MPI.allreduce_mean`); on ``--device gpu`` the sum
   runs on NCCL through CuPy (``cupy.cuda.nccl``, its unique id broadcast over MPI);
@@ -46,9 +48,6 @@ class Single:
 
     rank, size, is_main = 0, 1, True
 
-    def shard(self, *arrays):
-        return arrays if len(arrays) > 1 else arrays[0]
-
     def split_range(self, n: int) -> tuple[int, int]:
         return 0, n
 
@@ -85,21 +84,9 @@ class MPI:
         self.nccl = _NcclSum(self) if device == "gpu" else None
 
     # ------------------------------------------------------------------ data
-    def shard(self, *arrays):
-        """This rank's contiguous 1/size of the rows of each array (a batch's images and labels).
-
-        Raises:
-            ValueError: the rows do not divide evenly (every rank must hold the same number).
-        """
-        n = len(arrays[0])
-        if n % self.size:
-            raise ValueError(f"distributed: a batch of {n} rows does not split over {self.size} ranks")
-        per = n // self.size
-        out = tuple(a[self.rank * per:(self.rank + 1) * per] for a in arrays)
-        return out if len(out) > 1 else out[0]
-
     def split_range(self, n: int) -> tuple[int, int]:
-        """[lo, hi) of this rank's share of n items (evaluation), as equal as possible."""
+        """[lo, hi) of this rank's contiguous share of n items (a training batch's rows, an evaluation
+        set), as equal as possible: n // size or one more."""
         return self.rank * n // self.size, (self.rank + 1) * n // self.size
 
     # ------------------------------------------------------------------ collectives

@@ -110,7 +110,8 @@ def make_optimizer(name: str, weight_decay: float = 0.0, **kwargs):
 
 
 def global_norm(grads: dict) -> float:
-    """sqrt(sum over all arrays of sum(g^2)), accumulated in float64 on the host."""
+    """sqrt(sum over all arrays of sum(g^2)): each array's sum of squares is one dot product in the
+    array's dtype (BLAS), the sum over the arrays is a Python float (float64) on the host."""
     total = 0.0
     for g in grads.values():
         flat = g.reshape(-1)
@@ -174,19 +175,31 @@ def accumulate_gradient(model, images, labels, accum_steps: int, label_smoothing
 
     Args:
         model: a :class:`scratchvit.ViT` (``loss_and_grads(images, labels) -> (float, {name: array})``).
-        images: (B, H, W, 3); labels: (B,) int; B divisible by ``accum_steps``.
+        images: (B, H, W, 3); labels: (B,) int, B >= ``accum_steps``. When B does not divide (a batch
+            that ``--skip-bad-images`` left shorter), the micro-batches differ by one image and each
+            is weighted by its size, so the result is still the mean over the B images.
         label_smoothing: passed on to ``model.loss_and_grads``.
 
     Returns:
         (loss: float, grads: {name: array like the parameter}), both means over the B images.
+
+    Raises:
+        ValueError: fewer images than micro-batches.
     """
     if accum_steps == 1:
         return model.loss_and_grads(images, labels, label_smoothing=label_smoothing)
-    n = len(labels) // accum_steps
+    b = len(labels)
+    if b < accum_steps:
+        raise ValueError(f"a batch of {b} images cannot make {accum_steps} micro-batches (--accum-steps)")
+    bounds = [b * i // accum_steps for i in range(accum_steps + 1)]
     total_loss, total = 0.0, None
-    for i in range(accum_steps):
-        loss, grads = model.loss_and_grads(images[i * n:(i + 1) * n], labels[i * n:(i + 1) * n],
-                                           label_smoothing=label_smoothing)
+    for lo, hi in zip(bounds, bounds[1:]):
+        loss, grads = model.loss_and_grads(images[lo:hi], labels[lo:hi], label_smoothing=label_smoothing)
+        if b % accum_steps:  # unequal micro-batches: weight each mean by its share (1 when equal)
+            w = (hi - lo) * accum_steps / b
+            loss *= w
+            for g in grads.values():
+                g *= w
         total_loss += loss
         if total is None:
             total = grads

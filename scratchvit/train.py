@@ -122,9 +122,15 @@ def train_step(run: Run, x, y, step: int):
         FloatingPointError: the (global) loss is not finite; nothing was updated.
     """
     model, dist = run.model, run.dist
-    x, y = dist.shard(x, y)
-    loss, grads = optim.accumulate_gradient(model, x, y, run.s.accum_steps, run.s.label_smoothing)
+    batch = len(y)
+    lo, hi = dist.split_range(batch)  # this rank's rows: all of them in one process
+    loss, grads = optim.accumulate_gradient(model, x[lo:hi], y[lo:hi], run.s.accum_steps, run.s.label_smoothing)
     if dist.size > 1:
+        if batch % dist.size:  # a batch --skip-bad-images left short: weight each rank's mean by its share
+            w = (hi - lo) * dist.size / batch
+            loss *= w
+            for g in grads.values():
+                g *= w
         dist.stall_hook(step)
         buf = dist.allreduce_mean(distributed.flatten(grads, loss, model.xp), step)
         loss, grads = distributed.unflatten(buf, grads)
