@@ -207,7 +207,8 @@ def resolve_settings(argv=None, description=None) -> tuple[TrainSettings, bool]:
     """(settings, resume) from the command line: defaults <- preset <- flags; --resume: the run's config.json.
 
     Raises:
-        FileNotFoundError: unknown preset, or nothing to resume. ValueError: a setting that cannot work.
+        FileNotFoundError: unknown preset, or nothing to resume. ValueError: a setting that cannot work,
+        or, with --resume, a flag other than the runtime ones (``RUNTIME``) that differs from the run's.
     """
     args = build_parser(description=description).parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume")}
@@ -222,5 +223,10 @@ def resolve_settings(argv=None, description=None) -> tuple[TrainSettings, bool]:
     if not cfg_path.exists():
         raise FileNotFoundError(f"--resume: {cfg_path} not found; nothing to resume in {out}")
     saved = json.loads(cfg_path.read_text())["settings"]
+    changed = [k for k in given if k not in RUNTIME and k != "out" and given[k] != saved.get(k)]
+    if changed:
+        raise ValueError(f"--resume continues {out} with the settings in {cfg_path}; "
+                         f"{', '.join(flag(k) for k in changed)} cannot change on resume (only "
+                         f"{', '.join(flag(k) for k in RUNTIME)} can); start a new run with another --out instead")
     keep = {k: given[k] for k in RUNTIME if k in given}
     return TrainSettings.from_dict({**saved, **keep, "out": str(out)}, str(cfg_path)), True

@@ -247,9 +247,11 @@ def test_resume_keeps_the_run_settings_but_runtime_ones(tmp_path):
     out.mkdir()
     saved = settings.TrainSettings(lr=0.2, workers=2, out=str(out)).to_dict()
     (out / "config.json").write_text(json.dumps({"settings": saved}))
-    s, resume = settings.resolve_settings(["--out", str(out), "--resume", "--lr", "9", "--workers", "1",
+    s, resume = settings.resolve_settings(["--out", str(out), "--resume", "--lr", "0.2", "--workers", "1",
                                            "--mpi-timeout", "5"])
     assert resume and (s.lr, s.workers, s.mpi_timeout) == (0.2, 1, 5.0)
+    with pytest.raises(ValueError, match="--lr, --steps cannot change on resume"):
+        settings.resolve_settings(["--out", str(out), "--resume", "--lr", "9", "--steps", "20000"])
 
 
 @pytest.mark.parametrize("bad,msg", [({"eval_every": 0}, "--eval-every must be a positive integer"),
