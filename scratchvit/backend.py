@@ -74,9 +74,13 @@ def module_for(device: str):
 
 
 def to_device(array, device: str, dtype=None):
-    """Copy ``array`` to ``device`` ("cpu" or "gpu"), optionally casting to ``dtype``.
+    """Copy ``array`` (NumPy or CuPy, any shape) to ``device`` ("cpu" or "gpu"), optionally casting to ``dtype``.
 
-    Returns the input itself when it already lives there with that dtype.
+    Returns the input itself, not a copy, when it already lives there with that dtype: writing to
+    the result then writes to the caller's array.
+
+    Raises:
+        ValueError: unknown ``device``. RuntimeError: ``device="gpu"`` without CuPy or a GPU.
     """
     xp = module_for(device)
     if device == "cpu":

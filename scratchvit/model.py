@@ -34,6 +34,10 @@ class ViT:
                  params: dict | None = None):
         """Build a model with fresh parameters (``seed``), or around given ``params``.
 
+        Given ``params`` already on ``device`` with ``dtype`` are used as they are, not copied
+        (:func:`scratchvit.backend.to_device`): training then updates the caller's arrays in place.
+        Pass copies to keep the originals.
+
         Raises:
             ValueError: unknown model name / device / dtype, or ``params`` whose names or
                 shapes do not fit ``config`` (the message names the key and both shapes).

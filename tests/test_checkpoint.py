@@ -8,8 +8,6 @@ import scratchvit as sv
 from scratchvit.checkpoint import LINEN_BLOCK_NAMES, resize_posemb
 from scratchvit.params import POSEMB
 
-scipy_ndimage = pytest.importorskip("scipy.ndimage")
-
 
 def small_model(**kw):
     cfg = sv.get_config("ViT-Ti_16", **{**dict(image_size=32, patch_size=8, hidden_size=16, num_heads=2,
@@ -90,6 +88,7 @@ def test_new_head_for_fine_tuning_drops_pre_logits(tmp_path):
 
 
 def test_posemb_resize_matches_scipy_zoom(rng):
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")  # the reference only; the rest of this file needs no SciPy
     for classifier, n_tok in (("token", 1), ("gap", 0)):
         for old, new in ((4, 6), (7, 3), (14, 24), (3, 1), (2, 2)):
             posemb = rng.standard_normal((1, n_tok + old * old, 5))

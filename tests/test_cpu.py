@@ -90,6 +90,18 @@ def test_split_batch_covers_the_batch_in_order(monkeypatch):
 
 
 def test_split_step_equals_the_whole_batch_step(rng, monkeypatch):
+    if not cpu.blas_thread_fns() or not cpu.tuning_enabled():
+        pytest.skip("the batch is not split here (no OpenBLAS reachable, or CPU tuning off)")
+    monkeypatch.setattr(cpu, "NUM_THREADS", 3)  # split into 3 shards, whatever the core count
+    monkeypatch.setattr(cpu, "_pool", None)
+    real_split, shards = cpu.split_batch, []
+
+    def counting_split(*a, **k):
+        out = real_split(*a, **k)
+        shards.append(len(out))
+        return out
+
+    monkeypatch.setattr(cpu, "split_batch", counting_split)
     cfg = sv.get_config("ViT-Ti_16", image_size=8, patch_size=4, hidden_size=8, num_layers=2, num_heads=2,
                         mlp_dim=12, num_classes=3)
     params = {k: rng.standard_normal(s) * 0.5 for k, s in sv.param_shapes(cfg).items()}
@@ -98,6 +110,7 @@ def test_split_step_equals_the_whole_batch_step(rng, monkeypatch):
     loss, grads = model.loss_and_grads(images, labels, need_dinput=True)
     monkeypatch.setattr(cpu, "NUM_THREADS", 1)  # no split
     loss1, grads1 = model.loss_and_grads(images, labels, need_dinput=True)
+    assert shards == [3, 1]
     assert abs(loss - loss1) <= 1e-14
     for k in grads1:
         np.testing.assert_allclose(grads[k], grads1[k], rtol=1e-12, atol=1e-14, err_msg=k)

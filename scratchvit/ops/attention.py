@@ -59,8 +59,12 @@ def _softmax_backward_rows(dp, p):
 
 
 def softmax_forward(s):
-    """Row softmax over the last axis, in place in ``s`` (C-contiguous, any rank), stable for any
-    input (see :func:`_softmax_rows`). Returns ``s``."""
+    """Row softmax over the last axis, in place in ``s`` (C-contiguous float, any rank), stable for any
+    input (see :func:`_softmax_rows`). Returns ``s``.
+
+    Raises:
+        ValueError: ``s`` is not C-contiguous.
+    """
     if not s.flags.c_contiguous:
         raise ValueError("softmax_forward works in place and needs a C-contiguous array")
     blockwise(_softmax_rows, s.reshape(-1, s.shape[-1]))
@@ -68,7 +72,12 @@ def softmax_forward(s):
 
 
 def softmax_backward(dp, p):
-    """Gradient of the row softmax, ds = p * (dp - sum(dp * p)), in place in ``dp`` (C-contiguous)."""
+    """Gradient of the row softmax, ds = p * (dp - sum(dp * p)), in place in ``dp`` (C-contiguous, the shape
+    of ``p``, the softmax output). Returns ``dp``.
+
+    Raises:
+        ValueError: ``dp`` is not C-contiguous.
+    """
     if not dp.flags.c_contiguous:
         raise ValueError("softmax_backward works in place and needs a C-contiguous array")
     blockwise(_softmax_backward_rows, dp.reshape(-1, dp.shape[-1]), p.reshape(-1, p.shape[-1]))
