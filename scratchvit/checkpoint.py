@@ -194,13 +194,17 @@ def resize_posemb(posemb: np.ndarray, new_seq_len: int, classifier: str) -> np.n
     return np.concatenate([tok, grid.reshape(1, gs_new * gs_new, -1).astype(posemb.dtype)], axis=1)
 
 
-def load_checkpoint(path, num_classes: int | None = None, image_size: int | None = None):
+def load_checkpoint(path, num_classes: int | None = None, image_size: int | None = None, new_head: bool = False):
     """Read an official ``.npz`` checkpoint and adapt it for fine-tuning.
 
     Args:
         path: the ``.npz`` file (e.g. ``ViT-B_16.npz`` from gs://vit_models/imagenet21k).
         num_classes: if given and different from the file's, the head is replaced by a zero head of
             that width and ``pre_logits`` is dropped (as the official fine-tuning does).
+        new_head: replace the head by a zero head and drop ``pre_logits`` even when the class count
+            is the file's: the official ``vit_jax/checkpoint.py: load_pretrained`` always does this
+            before fine-tuning (``python -m scratchvit.train --checkpoint``); False keeps a trained
+            head (evaluation, prediction).
         image_size: if given and different from the file's, the position-embedding grid is resized
             bilinearly (``interpolate_posembed``); pixels, a multiple of the patch size.
 
@@ -220,7 +224,8 @@ def load_checkpoint(path, num_classes: int | None = None, image_size: int | None
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     params = {k: params[k] for k in param_shapes(config)}  # official order
-    if num_classes is not None and num_classes != config.num_classes:
+    if new_head or (num_classes is not None and num_classes != config.num_classes):
+        num_classes = config.num_classes if num_classes is None else num_classes
         config = config.replace(num_classes=num_classes, representation_size=None)
         params.pop("pre_logits/kernel", None)
         params.pop("pre_logits/bias", None)

@@ -56,11 +56,13 @@ class ViT:
 
     @classmethod
     def from_checkpoint(cls, path, num_classes: int | None = None, image_size: int | None = None,
-                        device: str = "cpu", dtype="float32", gelu: str | None = None) -> "ViT":
+                        device: str = "cpu", dtype="float32", gelu: str | None = None,
+                        new_head: bool = False) -> "ViT":
         """Load an official ``.npz`` checkpoint (ViT-B_16.npz and friends, or one this package wrote).
 
         Args:
-            path, num_classes, image_size: as :func:`scratchvit.checkpoint.load_checkpoint`.
+            path, num_classes, image_size, new_head: as :func:`scratchvit.checkpoint.load_checkpoint`
+                (``new_head=True``: a zero head and no pre-logits, as the official fine-tuning starts).
             device, dtype: as the constructor.
             gelu: "tanh" or "erf" to override the GELU form (a checkpoint does not record it; the
                 official Flax code uses "tanh", PyTorch/timm weights need "erf"); None keeps "tanh".
@@ -69,7 +71,7 @@ class ViT:
             FileNotFoundError, ValueError: see :func:`~scratchvit.checkpoint.load_checkpoint` (which
                 also refuses NaN or infinite values); ValueError for an unknown ``gelu``.
         """
-        config, params = load_checkpoint(path, num_classes=num_classes, image_size=image_size)
+        config, params = load_checkpoint(path, num_classes=num_classes, image_size=image_size, new_head=new_head)
         if gelu is not None:
             config = config.replace(gelu=gelu)
         return cls(config, device=device, dtype=dtype, params=params)

@@ -45,12 +45,14 @@ from .settings import TrainSettings, resolve_settings
 
 
 def build_model(s: TrainSettings, num_classes: int):
-    """A fresh ViT from --model and overrides, or one loaded from --checkpoint (new head, resized grid)."""
+    """A fresh ViT from --model and overrides, or one loaded from --checkpoint as the official fine-tuning
+    starts: a zero head of ``num_classes`` (whatever the file's class count), no pre-logits, the
+    position-embedding grid resized to --image-size."""
     from .model import ViT  # noqa: PLC0415
 
     if s.checkpoint:
         return ViT.from_checkpoint(s.checkpoint, num_classes=num_classes, image_size=s.image_size,
-                                   device=s.device, dtype=s.dtype, gelu=s.gelu)
+                                   device=s.device, dtype=s.dtype, gelu=s.gelu, new_head=True)
     return ViT(model_config(s, num_classes), seed=s.seed, device=s.device, dtype=s.dtype)
 
 

@@ -78,6 +78,7 @@ def test_many_blocks_are_ordered_numerically(tmp_path):
 
 def test_new_head_for_fine_tuning_drops_pre_logits(tmp_path):
     m = small_model(representation_size=6)
+    m.params["head/kernel"][...] = 1.0  # a trained head (a fresh one is zeros)
     sv.save_checkpoint(tmp_path / "c.npz", m.params)
     ft = sv.ViT.from_checkpoint(tmp_path / "c.npz", num_classes=3)
     assert ft.config.num_classes == 3 and ft.config.representation_size is None
@@ -85,6 +86,15 @@ def test_new_head_for_fine_tuning_drops_pre_logits(tmp_path):
     assert ft.params["head/kernel"].shape == (16, 3) and not ft.params["head/kernel"].any()
     same = sv.ViT.from_checkpoint(tmp_path / "c.npz", num_classes=10)  # same count: head kept
     assert same.config.representation_size == 6
+    np.testing.assert_array_equal(same.params["head/kernel"], m.params["head/kernel"])
+    # fine-tuning (new_head, as vit_jax load_pretrained): a zero head and no pre-logits, same count or not
+    for n in (None, 10):
+        fresh = sv.ViT.from_checkpoint(tmp_path / "c.npz", num_classes=n, new_head=True)
+        assert fresh.config.num_classes == 10 and fresh.config.representation_size is None
+        assert "pre_logits/kernel" not in fresh.params
+        assert not fresh.params["head/kernel"].any() and not fresh.params["head/bias"].any()
+        np.testing.assert_array_equal(fresh.params["Transformer/encoder_norm/scale"],
+                                      m.params["Transformer/encoder_norm/scale"])
 
 
 def test_posemb_resize_matches_scipy_zoom(rng):

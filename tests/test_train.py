@@ -412,3 +412,15 @@ def test_evaluate_cli_takes_the_runs_gelu(fmnist_dir, tmp_path, capsys):
         assert evaluate.main(argv) == 0
         losses[form] = json.loads(j.read_text())["loss"]
     assert losses[None] == losses["erf"] != losses["tanh"]
+
+
+def test_fine_tuning_starts_from_a_zero_head_whatever_the_class_count(tmp_path):
+    """--checkpoint: as vit_jax's load_pretrained, the head is zeroed and pre-logits dropped even when the
+    checkpoint already has the dataset's 10 classes."""
+    base = sv.ViT(sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_layers=1, num_heads=2,
+                                mlp_dim=32, num_classes=10, representation_size=8), seed=0)
+    base.params["head/kernel"][...] = 0.5
+    sv.save_checkpoint(tmp_path / "pre.npz", base.params)
+    s = settings.TrainSettings(checkpoint=str(tmp_path / "pre.npz"), image_size=16, out=str(tmp_path / "o"))
+    model = train.build_model(s, num_classes=10)
+    assert not model.params["head/kernel"].any() and "pre_logits/kernel" not in model.params
