@@ -117,6 +117,7 @@ class TrainSettings:
         for k in ("lr", "mpi_timeout"):
             if not getattr(self, k) > 0:
                 raise ValueError(f"{flag(k)} must be positive, got {getattr(self, k)}")
+        check_positive_int("--seed", self.seed, 0)  # NumPy's generators take seeds >= 0
         if self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("--warmup-steps and --grad-clip must be >= 0")
         if self.epochs is None and self.schedule != "constant" and self.warmup_steps >= self.steps:

@@ -82,6 +82,7 @@ def test_every_mode_decodes_to_rgb(tmp_path):
         "palette.gif": (Image.new("RGB", (33, 21), (200, 0, 0)).convert("P", palette=Image.ADAPTIVE), (200, 0, 0)),
         "palette.png": (Image.new("RGB", (33, 21), (0, 0, 200)).convert("P", palette=Image.ADAPTIVE), (0, 0, 200)),
         "sixteen.png": (Image.fromarray(np.full((20, 20), 100 * 256, np.uint16)), (100, 100, 100)),
+        "sixteen_dark.png": (Image.fromarray(np.full((20, 20), 200, np.uint16)), (1, 1, 1)),  # 200 >> 8, not 200
         "cmyk.jpg": (Image.new("CMYK", (20, 20), (0, 0, 0, 0)), (255, 255, 255)),
     }
     keyed = Image.new("P", (20, 20), 1)

@@ -97,6 +97,15 @@ def test_close_is_prompt_with_a_full_queue():
     assert not any(t.name == "scratchvit-batches" and t.is_alive() for t in threading.enumerate())
 
 
+def test_an_iterator_never_advanced_starts_no_thread():
+    images, labels = toy(40)
+    b = Batches(images, labels, 8, 12, augment="none", workers=2)
+    it = iter(b)
+    assert b._thread is None and b._pool is None
+    del it
+    assert not any(t.name == "scratchvit-batches" and t.is_alive() for t in threading.enumerate())
+
+
 def test_batches_argument_errors():
     images, labels = toy(10)
     with pytest.raises(ValueError, match="batch_size 16 exceeds the 10"):
@@ -107,4 +116,6 @@ def test_batches_argument_errors():
         Batches(images.astype(np.float32), labels, 4, 12)
     with pytest.raises(ValueError, match=r"labels must be integers of shape \(10,\)"):
         Batches(images, labels[:3], 4, 12)
+    with pytest.raises(ValueError, match="seed"):
+        Batches(images, labels, 4, 12, seed=-1)
 

@@ -95,3 +95,19 @@ def test_split_train_val_sizes_disjoint_deterministic():
         split_train_val(images, labels, 1.0)
     with pytest.raises(ValueError, match="differ in length"):
         split_train_val(images, labels[:5])
+
+
+def test_cache_dir_in_a_checkout_and_in_an_installed_package(tmp_path, monkeypatch):
+    from scratchvit.data import sources
+
+    monkeypatch.setenv("SCRATCHVIT_DATA", str(tmp_path / "mine"))
+    assert sources.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("SCRATCHVIT_DATA")
+    checkout = tmp_path / "repo"
+    checkout.mkdir()
+    (checkout / "setup.cfg").write_text("[metadata]\n")
+    monkeypatch.setattr(sources, "_SOURCE_ROOT", checkout)
+    assert sources.cache_dir() == checkout / "data"
+    monkeypatch.setattr(sources, "_SOURCE_ROOT", tmp_path / "site-packages")  # pip install . (not -e)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert sources.cache_dir() == tmp_path / "xdg" / "scratchvit"

@@ -152,6 +152,7 @@ def test_confusion_matrix_and_per_class_accuracy():
     (["--model", "ViT-Q_16"], "unknown model 'ViT-Q_16'"),
     (["--image-size", "20"], "not a multiple of patch_size"),
     (["--batch-size", "10", "--accum-steps", "3"], "not divisible by --accum-steps"),
+    (["--seed", "-3"], "--seed"),
     (["--config", "no-such-preset"], "no preset of that name"),
 ])
 def test_bad_settings(fmnist_dir, tmp_path, capsys, extra, msg):

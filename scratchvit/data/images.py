@@ -3,7 +3,8 @@
 Every function here reads one file and returns uint8 ``(S, S, 3)`` RGB pixels, ``S`` the model's
 input side in pixels. Decoding applies the EXIF orientation (``ImageOps.exif_transpose``) and
 converts every Pillow mode to RGB: transparent images (RGBA, LA, PA, palette or grey with a
-transparency key) are composited on white; 16/32-bit grey is scaled to 8 bits (``>> 8``); CMYK,
+transparency key) are composited on white; 16-bit grey is scaled to 8 bits (``>> 8``; 32-bit
+integer grey too when it exceeds 255, float grey from [0, 1] when it fits); CMYK,
 YCbCr, 1-bit and palette images go through Pillow's ``convert("RGB")``.
 
 JPEGs are decoded at reduced size with Pillow's ``draft`` (the decoder's DCT scaling by 1/2, 1/4
@@ -41,10 +42,12 @@ def _rgb(im: Image.Image) -> Image.Image:
         return im
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im).astype(np.float64)
-        if im.mode == "F":
+        if im.mode.startswith("I;16"):
+            a = a / 256.0  # 16-bit data: always >> 8, whatever the values of this image
+        elif im.mode == "F":  # float: no bit depth to go by; [0, 1] if it fits, else taken as 0-255
             a = a * 255.0 if a.max(initial=0.0) <= 1.0 else a
-        elif a.max(initial=0) > 255:
-            a = a / 256.0  # 16-bit data (I;16, or 16-bit PNGs that Pillow opens as "I")
+        elif a.max(initial=0) > 255:  # "I" (32-bit int: older Pillows' 16-bit PNGs, int TIFFs): 16-bit if above 255
+            a = a / 256.0
         grey = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:

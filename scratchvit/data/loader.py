@@ -117,7 +117,8 @@ class Batches:
         if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"labels must be integers of shape ({len(images)},), got {labels.dtype} {labels.shape}")
         for arg, value, low in (("batch_size", batch_size, 1), ("image_size", image_size, 1),
-                                ("prefetch", prefetch, 1), ("workers", workers, 1), ("start_step", start_step, 0)):
+                                ("prefetch", prefetch, 1), ("workers", workers, 1), ("start_step", start_step, 0),
+                                ("seed", seed, 0)):
             check_positive_int(arg, value, low)
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
@@ -240,6 +241,10 @@ class Batches:
             put(_Failure(e))
 
     def __iter__(self):
+        return self._consume()
+
+    def _start(self):
+        """Start the background thread (and the worker pool); returns (stop event, queue)."""
         self.close()
         stop = threading.Event()
         q = queue.Queue(maxsize=self.prefetch)
@@ -251,9 +256,12 @@ class Batches:
         self._thread = threading.Thread(target=self._produce, args=(stop, q, map_fn),
                                         name="scratchvit-batches", daemon=True)
         self._thread.start()
-        return self._consume(stop, q)
+        return stop, q
 
-    def _consume(self, stop: threading.Event, q: queue.Queue):
+    def _consume(self):
+        """The batches, as a generator: its first ``next()`` starts the thread (an iterator never
+        advanced starts nothing, so nothing leaks); finishing, failing or closing it stops the thread."""
+        stop, q = self._start()
         try:
             while not stop.is_set():
                 try:

@@ -33,10 +33,19 @@ def default_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository root, for a source checkout
+
+
 def cache_dir() -> Path:
-    """The download cache: ``$SCRATCHVIT_DATA`` if set, else ``data/`` at the repository root."""
+    """The download cache: ``$SCRATCHVIT_DATA`` if set; else ``data/`` at the repository root for a
+    source checkout (``pip install -e .``); else, for an installed package (whose parent folder is
+    site-packages), ``$XDG_CACHE_HOME/scratchvit`` (``~/.cache/scratchvit``)."""
     env = os.environ.get("SCRATCHVIT_DATA")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "data"
+    if env:
+        return Path(env).expanduser()
+    if (_SOURCE_ROOT / "setup.cfg").is_file():
+        return _SOURCE_ROOT / "data"
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "scratchvit"
 
 
 def download_url(url: str, dest, md5: str | None = None, timeout: float = 60.0) -> Path:
