@@ -91,20 +91,33 @@ def softmax(logits) -> np.ndarray:
     return to_numpy(ops.softmax_forward(logits.astype(get_xp(logits).float64)))  # a copy, softmaxed in place
 
 
+BATCH = 32  # images per forward pass: bounds the memory of a long list of files (and of their attention maps)
+
+
+def _chunks(images: np.ndarray):
+    """(B, S, S, 3) uint8 -> float32 inputs in [-1, 1] (as training), BATCH images at a time."""
+    for i in range(0, len(images), BATCH):
+        yield (images[i:i + BATCH].astype(np.float32) - 127.5) / 127.5
+
+
 def predict(model: ViT, images: np.ndarray, names: list[str], top_k: int = 5) -> list[list[dict]]:
-    """Top-k classes of each image.
+    """Top-k classes of each image, run :data:`BATCH` images per forward pass.
 
     Args:
         model: the classifier.
         images: (B, S, S, 3) uint8 RGB, S = model.config.image_size.
-        names: the K class names.
+        names: the K class names (K = model.config.num_classes).
         top_k: how many classes per image (at most K).
 
     Returns:
         per image, a list of {"class": int, "name": str, "probability": float}, most probable first.
+
+    Raises:
+        ValueError: ``names`` does not hold K names, or images of another size than the model's.
     """
-    x = (images.astype(np.float32) - 127.5) / 127.5
-    probs = softmax(model.forward(x))
+    if len(names) != model.config.num_classes:
+        raise ValueError(f"predict: {len(names)} class names for a model of {model.config.num_classes} classes")
+    probs = np.concatenate([softmax(model.forward(x)) for x in _chunks(images)])
     k = min(top_k, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[{"class": int(c), "name": names[c], "probability": float(p[c])} for c in row]
@@ -112,9 +125,17 @@ def predict(model: ViT, images: np.ndarray, names: list[str], top_k: int = 5) ->
 
 
 def attention_map(model: ViT, images: np.ndarray) -> np.ndarray:
-    """One picture: per image a row with the input and its attention rollout overlaid (uint8 RGB)."""
-    x = (images.astype(np.float32) - 127.5) / 127.5
-    maps = attention_rollout(model.attention_probabilities(x), model.config.classifier)
+    """One picture: per image a row with the input and its attention rollout overlaid.
+
+    Args:
+        model: the classifier. images: (B, S, S, 3) uint8 RGB, S = model.config.image_size.
+
+    Returns:
+        (H, W, 3) uint8 RGB: the rows of :func:`scratchvit.rollout.overlay_panel`, one per image, top
+        to bottom, 8 white pixels apart. The rollout runs :data:`BATCH` images at a time.
+    """
+    maps = np.concatenate([attention_rollout(model.attention_probabilities(x), model.config.classifier)
+                           for x in _chunks(images)])
     rows = [overlay_panel(im, m) for im, m in zip(images, maps, strict=True)]
     gap = np.full((8, rows[0].shape[1], 3), 255, np.uint8)
     return np.concatenate([part for row in rows for part in (gap, row)][1:], axis=0)

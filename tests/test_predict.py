@@ -176,3 +176,22 @@ def test_predict_on_gpu_matches_cpu(tmp_path, rng, capsys):
         docs.append(json.loads(capsys.readouterr().out)["predictions"][0]["top_k"])
     assert [t["class"] for t in docs[0]] == [t["class"] for t in docs[1]]
     np.testing.assert_allclose([t["probability"] for t in docs[0]], [t["probability"] for t in docs[1]], atol=1e-5)
+
+
+def test_chunked_batches_give_the_one_batch_results(tmp_path, rng, monkeypatch):
+    """predict and attention_map run BATCH images per forward pass: with BATCH = 2, five images give the
+    same probabilities and maps as one pass over all five."""
+    model = sv.ViT.from_checkpoint(write_run(tmp_path, rng), gelu="erf")
+    images = rng.integers(0, 256, (5, S, S, 3), dtype=np.uint8)
+    names = ["cat", "dog", "bird"]
+    whole = predict.predict(model, images, names, top_k=3)
+    whole_map = predict.attention_map(model, images)
+    monkeypatch.setattr(predict, "BATCH", 2)
+    chunked = predict.predict(model, images, names, top_k=3)
+    for a, b in zip(whole, chunked, strict=True):
+        assert [c["class"] for c in a] == [c["class"] for c in b]
+        np.testing.assert_allclose([c["probability"] for c in a], [c["probability"] for c in b], rtol=1e-5)
+    chunked_map = predict.attention_map(model, images).astype(int)  # float rounding differs with the batch
+    assert chunked_map.shape == whole_map.shape and np.abs(chunked_map - whole_map).max() <= 1
+    with pytest.raises(ValueError, match="2 class names for a model of 3 classes"):
+        predict.predict(model, images, names[:2])
