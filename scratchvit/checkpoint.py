@@ -153,10 +153,11 @@ def infer_config(params: dict) -> ViTConfig:
 
 
 def resize_linear_align_corners(grid: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
-    """Bilinearly resize a (h, w, D) array to (new_h, new_w, D), corners aligned.
+    """Bilinearly resize a (h, w, D) float array to (new_h, new_w, D) float64, corners aligned.
 
     This is ``scipy.ndimage.zoom(grid, (new_h/h, new_w/w, 1), order=1)``: output index o samples
-    input coordinate o * (n_in - 1) / (n_out - 1) along each axis, linearly interpolated.
+    input coordinate o * (n_in - 1) / (n_out - 1) along each axis, linearly interpolated. The result
+    is float64 whatever the input's dtype (:func:`resize_posemb` casts it back).
     """
     def axis_weights(n_in, n_out):
         if n_out == 1 or n_in == 1:

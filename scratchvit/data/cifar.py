@@ -111,7 +111,8 @@ def _find_in(d: Path, spec: dict) -> Path:
 
 
 def load_cifar(name: str, data_dir: Path | None, download: bool, log=None):
-    """CIFAR-10/100 as ``(train_x, train_y, test_x, test_y, class_names)``; see ``load_dataset``."""
+    """CIFAR-10/100 as ``(train_x, train_y, test_x, test_y, class_names)``: images uint8 (N, 32, 32, 3),
+    labels int64 (N,); the sources, arguments and errors are those of ``load_dataset``."""
     spec = CIFAR[name]
     cache = cache_dir()
     attempts = [] if data_dir is None else [(f"data_dir {data_dir}", lambda: _find_in(data_dir, spec), False)]

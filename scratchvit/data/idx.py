@@ -137,6 +137,10 @@ def load_idx(name: str, data_dir: Path | None, download: bool, log=None):
     """MNIST / Fashion-MNIST as ``(train_x, train_y, test_x, test_y, class_names)``; see ``load_dataset``.
 
     Images are uint8 ``(N, 28, 28, 3)`` (grey repeated to 3 channels), labels int64 ``(N,)``.
+
+    Raises:
+        RuntimeError: no source holds the files (the message lists each source and why).
+        ValueError: files whose image and label counts differ, or a label outside the classes.
     """
     spec = IDX[name]
     paths = first_source(name, idx_attempts(name, data_dir), log, download,
