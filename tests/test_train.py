@@ -425,3 +425,24 @@ def test_fine_tuning_starts_from_a_zero_head_whatever_the_class_count(tmp_path):
     s = settings.TrainSettings(checkpoint=str(tmp_path / "pre.npz"), image_size=16, out=str(tmp_path / "o"))
     model = train.build_model(s, num_classes=10)
     assert not model.params["head/kernel"].any() and "pre_logits/kernel" not in model.params
+
+
+def test_an_older_state_file_without_parameters_still_resumes(tmp_path, rng):
+    """state.npz of earlier versions held no parameters: load_state then takes them from last.npz."""
+    from scratchvit import runs
+
+    cfg = sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_layers=1, num_heads=2,
+                        mlp_dim=32, num_classes=3)
+    model = sv.ViT(cfg, seed=0)
+    opt = optim.make_optimizer("sgd")
+    state = opt.init(model.params)
+    for k in model.params:
+        model.params[k] += 1.0
+    runs.save_state(tmp_path, model, state, 12, 0.5, 0)
+    with np.load(tmp_path / "state.npz") as z:
+        old = {k: z[k] for k in z.files if not k.startswith("params/")}
+    np.savez(tmp_path / "state.npz", **old)
+    fresh = sv.ViT(cfg, seed=1)
+    assert runs.load_state(tmp_path, fresh, opt.init(fresh.params)) == (12, 0.5)
+    for k in model.params:
+        np.testing.assert_array_equal(fresh.params[k], model.params[k], err_msg=k)
