@@ -36,9 +36,9 @@ class InputError(Exception):
     """Bad user input: reported as one line, exit code 2."""
 
 
-def _load_image(path, image_size: int) -> np.ndarray:
+def _load_image(path, image_size: int, crop: bool = True) -> np.ndarray:
     """(S, S, 3) uint8 RGB, the evaluation view (:func:`scratchvit.data.load_image`: EXIF-transposed,
-    shorter side resized to round(S / 0.875), centre crop S).
+    shorter side resized to round(S / 0.875), centre crop S; ``crop=False``: the whole image resized).
 
     Raises:
         InputError: the file is missing or cannot be decoded (the message names it).
@@ -46,7 +46,7 @@ def _load_image(path, image_size: int) -> np.ndarray:
     if not Path(path).is_file():
         raise InputError(f"image not found: {str(path)!r}")
     try:
-        return load_image(path, image_size)
+        return load_image(path, image_size, crop=crop)
     except (OSError, ValueError) as e:
         raise InputError(str(e)) from e
 
@@ -174,7 +174,10 @@ def main(argv=None) -> int:
         except (FileNotFoundError, ValueError) as e:
             raise InputError(str(e)) from e
         names = class_names(model.config.num_classes, args.labels, info)
-        images = np.stack([_load_image(f, model.config.image_size) for f in args.images])
+        # the view the model was evaluated with: a plain resize for a run on an in-memory dataset
+        # (Fashion-MNIST, MNIST, CIFAR), else (image folders, official checkpoints) the centre crop
+        crop = info.get("dataset", "imagefolder") == "imagefolder"
+        images = np.stack([_load_image(f, model.config.image_size, crop) for f in args.images])
         if args.attention_map is not None and not Path(args.attention_map).resolve().parent.is_dir():
             raise InputError(f"folder of --attention-map does not exist: {args.attention_map!r}")
     except InputError as e:

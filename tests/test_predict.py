@@ -53,11 +53,26 @@ def test_load_image_resizes_shorter_side_and_centre_crops(tmp_path):
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16", "CMYK"])
 def test_load_image_converts_every_mode_to_rgb(tmp_path, rng, mode):
-    im = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).convert(mode)
+    """Every mode decodes to the pixels of the same picture in RGB (grey ones to its grey version;
+    16-bit grey from values x 256; the palette image within its quantisation error)."""
+    rgb = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    grey = rgb.convert("L")
+    if mode == "I;16":
+        im = Image.fromarray(np.asarray(grey).astype(np.uint16) * 256)
+    else:
+        im = rgb.convert(mode)
     path = tmp_path / ("x.tiff" if mode in ("I;16", "CMYK") else "x.png")
     im.save(path)
-    out = _load_image(path, S)
-    assert out.shape == (S, S, 3) and out.dtype == np.uint8
+    out = _load_image(path, S).astype(int)
+    (tmp_path / "ref").mkdir()
+    ref_im = grey if mode in ("L", "LA", "I;16") else rgb
+    ref_im.save(tmp_path / "ref" / "x.png")
+    ref = _load_image(tmp_path / "ref" / "x.png", S).astype(int)
+    assert out.shape == (S, S, 3)
+    if mode == "P":
+        assert np.abs(out - ref).mean() < 12
+    else:
+        assert np.abs(out - ref).max() <= 1, mode
 
 
 def test_text_output_uses_run_names_and_gelu(tmp_path, rng, capsys):
@@ -69,6 +84,14 @@ def test_text_output_uses_run_names_and_gelu(tmp_path, rng, capsys):
     x = (np.stack([_load_image(f, S) for f in files]).astype(np.float32) - 127.5) / 127.5
     probs = predict.softmax(model.forward(x))
     names = ["cat", "dog", "bird"]
+    # the run's GELU (erf, from config.json) is used: the JSON probabilities are erf's, not tanh's
+    assert main(["--checkpoint", str(ckpt), "--top-k", "3", "--json", *files]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    got = np.array([[c["probability"] for c in sorted(p["top_k"], key=lambda c: c["class"])]
+                    for p in doc["predictions"]])
+    tanh = predict.softmax(sv.ViT.from_checkpoint(ckpt, gelu="tanh").forward(x))
+    np.testing.assert_allclose(got, probs, rtol=1e-6)
+    assert np.abs(got - tanh).max() > 10 * np.abs(got - probs).max()  # GELU forms differ ~1e-5 here
     assert out[0] == files[0] and out[3] == files[1] and len(out) == 6
     for i, lines in enumerate((out[1:3], out[4:6])):
         order = np.argsort(-probs[i])
@@ -195,3 +218,25 @@ def test_chunked_batches_give_the_one_batch_results(tmp_path, rng, monkeypatch):
     assert chunked_map.shape == whole_map.shape and np.abs(chunked_map - whole_map).max() <= 1
     with pytest.raises(ValueError, match="2 class names for a model of 3 classes"):
         predict.predict(model, images, names[:2])
+
+
+def test_view_follows_the_runs_dataset(tmp_path, rng, capsys):
+    """A run on an in-memory dataset (config.json "dataset": "fashion-mnist") is fed the whole image resized,
+    as its evaluation was (data.resize); without that record, the centre-crop view."""
+    from scratchvit.data import resize
+
+    ckpt = write_run(tmp_path, rng)
+    f = write_image(tmp_path / "a.png", rng, (30, 20))
+    whole = resize(np.asarray(Image.open(f).convert("RGB")), S)
+    np.testing.assert_array_equal(_load_image(f, S, crop=False), whole)
+    assert np.abs(_load_image(f, S).astype(int) - whole).max() > 20  # the crop is another view
+    model = sv.ViT.from_checkpoint(ckpt, gelu="erf")
+    for dataset, view in (("fashion-mnist", whole), ("imagefolder", _load_image(f, S))):
+        cfg = json.loads((ckpt.parent / "config.json").read_text())
+        cfg["dataset"] = dataset
+        (ckpt.parent / "config.json").write_text(json.dumps(cfg))
+        assert main(["--checkpoint", str(ckpt), "--top-k", "3", "--json", f]) == 0
+        top = json.loads(capsys.readouterr().out)["predictions"][0]["top_k"]
+        got = [c["probability"] for c in sorted(top, key=lambda c: c["class"])]
+        want = predict.softmax(model.forward((view[None].astype(np.float32) - 127.5) / 127.5))[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=dataset)

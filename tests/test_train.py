@@ -381,9 +381,11 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     np.savez(out / "state.npz", **arrays)
     assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 2
 
-    assert run(fmnist_dir, out, *args, "--steps", "4", "--eval-every", "100") == 0  # fresh run, evaluates at 4
-    with np.load(out / "state.npz") as st:
-        assert int(st["step"]) == 4 and st[key].shape[1] == 10
+    with monkeypatch.context() as m:  # a fresh run in the same folder, stopped before it saved anything
+        m.setattr(optim, "accumulate_gradient", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(train.runs, "save_state", lambda *a, **k: None)
+        assert run(fmnist_dir, out, *args) == 130
+    assert not (out / "state.npz").exists()  # the old run's resume point is gone, not resumed by mistake
 
 
 def test_resume_drops_a_metrics_line_cut_short(fmnist_dir, tmp_path):
@@ -446,3 +448,14 @@ def test_an_older_state_file_without_parameters_still_resumes(tmp_path, rng):
     assert runs.load_state(tmp_path, fresh, opt.init(fresh.params)) == (12, 0.5)
     for k in model.params:
         np.testing.assert_array_equal(fresh.params[k], model.params[k], err_msg=k)
+
+
+def test_ctrl_c_in_the_last_step_stops_before_the_test_pass(fmnist_dir, tmp_path, monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        _interrupt_after_update(m, at_call=4)
+        assert run(fmnist_dir, tmp_path / "r", "--steps", "4") == 130
+    assert "test accuracy" not in capsys.readouterr().out
+    with np.load(tmp_path / "r" / "state.npz") as st:
+        assert int(st["step"]) == 4
+    assert train.main(["--out", str(tmp_path / "r"), "--resume", "--no-progress"]) == 0  # just the test pass
+    assert [r["split"] for r in metrics(tmp_path / "r")][-1] == "test"

@@ -102,16 +102,19 @@ def _resize_box(im: Image.Image, size: int, box, sx: float, sy: float) -> np.nda
     return np.asarray(im.resize((size, size), Image.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy)))
 
 
-def load_image(path, image_size: int) -> np.ndarray:
+def load_image(path, image_size: int, crop: bool = True) -> np.ndarray:
     """The evaluation view of one image file: shorter side to ``round(image_size / 0.875)``, centre crop.
 
     Equivalent to resizing the upright image so its shorter side is ``R = round(image_size /
     0.875)`` pixels and keeping the central ``image_size x image_size`` pixels; done as one
     bilinear resize of the matching box of the original (no pixels outside the crop computed).
+    With ``crop=False``, the whole upright image resized to ``S x S`` instead: the view that the
+    in-memory datasets (Fashion-MNIST, CIFAR) are trained and evaluated with.
 
     Args:
         path: an image file Pillow can read (JPEG, PNG, BMP, GIF, WebP, ...).
         image_size: output side ``S``, pixels.
+        crop: the centre-crop view (True) or the plain resize (False).
 
     Returns:
         uint8 ``(S, S, 3)``, RGB.
@@ -121,8 +124,11 @@ def load_image(path, image_size: int) -> np.ndarray:
         BadImage (a ValueError): the file cannot be decoded; the message names it.
     """
     size = check_positive_int("image_size", image_size, unit="pixels")
-    resized_short = round(size / EVAL_CROP_RATIO)
     w, h = image_size_of(path)
+    if not crop:
+        im, sx, sy = _open(path, size, size)
+        return _resize_box(im, size, (0, 0, w, h), sx, sy)
+    resized_short = round(size / EVAL_CROP_RATIO)
     scale = resized_short / min(w, h)  # full-size pixels -> resized pixels
     im, sx, sy = _open(path, w * scale, h * scale)
     half = size / scale / 2  # half the crop side, in full-size pixels
