@@ -30,9 +30,9 @@ import json
 import os
 import platform
 import sys
-import time
 
 from harness import ISSUE10_GEOMETRIES, THREAD_ENV, geometry_config
+from probes import best_seconds
 
 
 def shapes(cfg, images: int) -> list[tuple[str, tuple]]:
@@ -44,16 +44,6 @@ def shapes(cfg, images: int) -> list[tuple[str, tuple]]:
         ("GELU", (rows, cfg.mlp_dim)),
         ("softmax", (images * cfg.num_heads, tokens, tokens)),
     ]
-
-
-def best_seconds(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def op_pair(op: str, x, dy):

@@ -20,9 +20,9 @@ import json
 import os
 import platform
 import sys
-import time
 
 from harness import ISSUE10_GEOMETRIES, geometry_config
+from probes import best_seconds
 
 
 def shapes(cfg, images: int) -> list[tuple[str, tuple]]:
@@ -38,16 +38,6 @@ def shapes(cfg, images: int) -> list[tuple[str, tuple]]:
         ("scores q k^T per head", ("per-head", (images * heads, tokens, hd, tokens))),
         ("A v per head", ("per-head", (images * heads, tokens, tokens, hd))),
     ]
-
-
-def best_seconds(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main(argv=None) -> int:

@@ -112,6 +112,17 @@ def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 10
     return out
 
 
+def best_seconds(fn, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls of ``fn()`` (after one untimed warm-up call), seconds."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def sync(device: str) -> None:
     """Wait for the GPU (CuPy and PyTorch) to finish; nothing on the CPU."""
     if device != "gpu":
