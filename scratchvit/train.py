@@ -195,7 +195,7 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     with interrupts_between_steps() as pressed:
         try:
             for step_in, x, y in batches:
-                if pressed:  # Ctrl-C during the last step or its evaluation: stop here, between steps
+                if pressed:  # Ctrl-C during the previous step or its evaluation: stop here, between steps
                     raise KeyboardInterrupt
                 if step >= run.total_steps:
                     break
