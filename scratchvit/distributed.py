@@ -18,13 +18,19 @@ synchronous data parallelism (as ``pmap`` + ``lax.pmean`` in the official vit_ja
 Collectives are non-blocking and polled against ``--mpi-timeout`` seconds: a rank that died or hangs
 makes the others print an error naming the step and call ``MPI_Abort`` rather than wait forever.
 
+Ctrl-C reaches the ranks at slightly different moments; a rank that stopped on its own would leave
+the others waiting in the next allreduce. So each rank's "stop" flag travels in the gradient
+buffer (:func:`flatten`), and all ranks stop together after the step in which any rank asked.
+
 Test hook: the environment variable ``SCRATCHVIT_TEST_STALL=RANK:STEP`` makes rank RANK stop
 answering (sleep) before the gradient allreduce of step STEP, to check the timeout path;
-``RANK:STEP:exit`` makes it die there instead (exit status 9, no goodbye to MPI).
+``RANK:STEP:exit`` makes it die there instead (exit status 9, no goodbye to MPI);
+``RANK:STEP:sigint`` makes it send itself SIGINT there (Ctrl-C on one rank only).
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -144,6 +150,8 @@ class MPI:
             time.sleep(10 * self.timeout + 60)
         elif hook == f"{self.rank}:{step}:exit":
             os._exit(9)
+        elif hook == f"{self.rank}:{step}:sigint":
+            signal.raise_signal(signal.SIGINT)
 
 
 class _NcclSum:
@@ -196,15 +204,18 @@ def init(distributed: str = "auto", timeout: float = 300.0, device: str = "cpu")
     return MPI(_mpi.COMM_WORLD, timeout, device)
 
 
-def flatten(grads: dict, loss: float, xp):
-    """One contiguous 1-D buffer: every gradient in ``grads``' order, then the loss (the allreduce's payload)."""
+def flatten(grads: dict, loss: float, xp, stop: float = 0.0):
+    """One contiguous 1-D buffer: every gradient in ``grads``' order, then the loss, then ``stop`` (1.0
+    where this rank was asked to stop, by Ctrl-C; after the allreduce it is above 0 when any rank was):
+    the allreduce's payload."""
     parts = [g.reshape(-1) for g in grads.values()]
     dtype = parts[0].dtype
-    return xp.concatenate(parts + [xp.asarray([loss], dtype=dtype)])
+    return xp.concatenate(parts + [xp.asarray([loss, stop], dtype=dtype)])
 
 
 def unflatten(buf, grads: dict) -> tuple[float, dict]:
-    """(loss, {name: view of buf shaped like grads[name]}): the inverse of :func:`flatten`."""
+    """(loss, {name: view of buf shaped like grads[name]}): the inverse of :func:`flatten` (``stop`` is
+    ``buf[-1]``)."""
     out, offset = {}, 0
     for k, g in grads.items():
         out[k] = buf[offset:offset + g.size].reshape(g.shape)

@@ -117,8 +117,14 @@ def evaluate_shared(run: Run, images, labels) -> dict:
     return {"loss": loss_sum / max(n, 1), "accuracy": correct / n if n else float("nan"), "seconds": r["seconds"]}
 
 
-def train_step(run: Run, x, y, step: int):
-    """One optimiser step on this rank's share of the global batch; returns (mean loss, gradient norm).
+def train_step(run: Run, x, y, step: int, stop: bool = False):
+    """One optimiser step on this rank's share of the global batch.
+
+    ``stop``: this rank was asked to stop (Ctrl-C). Under MPI the flag travels with the gradients, so
+    that every rank learns in the same step whether any rank was.
+
+    Returns:
+        (mean loss, gradient norm, stop: True when this rank or, under MPI, any rank asked to stop).
 
     Raises:
         FloatingPointError: the (global) loss is not finite; nothing was updated.
@@ -134,13 +140,14 @@ def train_step(run: Run, x, y, step: int):
             for g in grads.values():
                 g *= w
         dist.stall_hook(step)
-        buf = dist.allreduce_mean(distributed.flatten(grads, loss, model.xp), step)
+        buf = dist.allreduce_mean(distributed.flatten(grads, loss, model.xp, float(stop)), step)
         loss, grads = distributed.unflatten(buf, grads)
+        stop = float(buf[-1]) > 0
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at step {step}")
     gnorm = optim.clip_by_global_norm(grads, run.s.grad_clip)
     run.opt.update(model.params, grads, run.opt_state, run.lr(step))
-    return loss, gnorm
+    return loss, gnorm, stop
 
 
 @contextlib.contextmanager
@@ -192,16 +199,19 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     batches = Batches(tr_x, tr_y, s.batch_size, run.model.config.image_size, train=True, augment=s.augment,
                       seed=s.seed, start_step=step, workers=s.workers, crop_min_area=s.crop_min_area,
                       skip_bad_images=s.skip_bad_images)
+    stop = False  # Ctrl-C, as the last step's collective decision (every rank the same, under MPI)
     with interrupts_between_steps() as pressed:
         try:
             for step_in, x, y in batches:
-                if pressed:  # Ctrl-C during the previous step or its evaluation: stop here, between steps
+                # stop here, between steps: one process reads its own flag (Ctrl-C during the previous
+                # step or its evaluation); MPI ranks the flag they all got with the last step's gradients
+                if stop or (dist.size == 1 and pressed):
                     raise KeyboardInterrupt
                 if step >= run.total_steps:
                     break
                 assert step_in == step
                 try:
-                    loss, gnorm = train_step(run, x, y, step)
+                    loss, gnorm, stop = train_step(run, x, y, step, stop=bool(pressed))
                 except FloatingPointError as e:
                     saved = (f"the last good checkpoint is {out / 'last.npz'} (step {last_saved})" if last_saved
                              else "no checkpoint was written before it")

@@ -99,6 +99,23 @@ def test_resume_on_two_ranks_a_run_stopped_on_one(fmnist_dir, tmp_path, monkeypa
 
 
 @needs_mpi
+def test_ctrl_c_on_one_rank_stops_all_ranks_at_the_same_step(fmnist_dir, tmp_path):  # noqa: F811
+    """SIGINT reaches rank 1 alone, during step 3: its flag travels with step 4's gradients, every rank stops
+    after step 4 and rank 0 saves step 5 (none waits in an allreduce the other never joins); resuming
+    gives the parameters of a run that never stopped."""
+    extra = ("--steps", "8", "--dtype", "float64", "--mpi-timeout", "20")
+    assert train.main(data_args(fmnist_dir, tmp_path / "straight", *extra)) == 0
+    r = launch(2, data_args(fmnist_dir, tmp_path / "stopped", *extra), env={"SCRATCHVIT_TEST_STALL": "1:3:sigint"})
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "interrupted at step 5" in r.stdout
+    with np.load(tmp_path / "stopped" / "state.npz") as st:
+        assert int(st["step"]) == 5
+    r = launch(2, ["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert_params_close(tmp_path / "straight" / "last.npz", tmp_path / "stopped" / "last.npz", 1e-12)
+
+
+@needs_mpi
 @pytest.mark.parametrize("how", ["hang", "exit"])
 def test_a_rank_that_hangs_or_dies_stops_the_others(fmnist_dir, tmp_path, how):  # noqa: F811
     hook = "1:2" if how == "hang" else "1:2:exit"
@@ -145,8 +162,8 @@ def test_single_process_is_the_identity():
 
 def test_flatten_then_unflatten_round_trips(rng):
     grads = {"a": rng.standard_normal((3, 4)), "b/c": rng.standard_normal(5), "d": rng.standard_normal((2, 1, 2))}
-    buf = distributed.flatten(grads, 1.25, np)
-    assert buf.shape == (12 + 5 + 4 + 1,) and buf.flags.c_contiguous
+    buf = distributed.flatten(grads, 1.25, np, stop=1.0)
+    assert buf.shape == (12 + 5 + 4 + 2,) and buf.flags.c_contiguous and buf[-1] == 1.0
     buf *= 2  # the views must see changes to the buffer (the allreduce works in place)
     loss, views = distributed.unflatten(buf, grads)
     assert loss == 2.5
