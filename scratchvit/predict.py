@@ -7,8 +7,8 @@
 Class names come from ``--labels FILE`` (one name per line), else from the ``config.json`` the
 training run wrote next to the checkpoint, else the ImageNet-1k names for a 1000-class checkpoint,
 else "class K". ``config.json`` also gives the run's GELU form. Images are decoded with Pillow
-(RGB, EXIF orientation applied), the shorter side resized to round(S / 0.875) and centre-cropped
-to S = the model's image size (the standard evaluation crop), pixels scaled to (x - 127.5) / 127.5.
+(RGB, EXIF orientation applied) and resized whole to S x S, S = the model's image size (the
+evaluation view, as the official vit_jax), pixels scaled to (x - 127.5) / 127.5.
 
 Bad input (a missing or unreadable image or checkpoint, a labels file of the wrong length) prints
 one line on stderr and exits with code 2 before anything is written.
@@ -36,9 +36,9 @@ class InputError(Exception):
     """Bad user input: reported as one line, exit code 2."""
 
 
-def _load_image(path, image_size: int, crop: bool = True) -> np.ndarray:
+def _load_image(path, image_size: int) -> np.ndarray:
     """(S, S, 3) uint8 RGB, the evaluation view (:func:`scratchvit.data.load_image`: EXIF-transposed,
-    shorter side resized to round(S / 0.875), centre crop S; ``crop=False``: the whole image resized).
+    the whole image resized to S x S).
 
     Raises:
         InputError: the file is missing or cannot be decoded (the message names it).
@@ -46,7 +46,7 @@ def _load_image(path, image_size: int, crop: bool = True) -> np.ndarray:
     if not Path(path).is_file():
         raise InputError(f"image not found: {str(path)!r}")
     try:
-        return load_image(path, image_size, crop=crop)
+        return load_image(path, image_size)
     except (OSError, ValueError) as e:
         raise InputError(str(e)) from e
 
@@ -174,10 +174,7 @@ def main(argv=None) -> int:
         except (FileNotFoundError, ValueError) as e:
             raise InputError(str(e)) from e
         names = class_names(model.config.num_classes, args.labels, info)
-        # the view the model was evaluated with: a plain resize for a run on an in-memory dataset
-        # (Fashion-MNIST, MNIST, CIFAR), else (image folders, official checkpoints) the centre crop
-        crop = info.get("dataset", "imagefolder") == "imagefolder"
-        images = np.stack([_load_image(f, model.config.image_size, crop) for f in args.images])
+        images = np.stack([_load_image(f, model.config.image_size) for f in args.images])
         if args.attention_map is not None and not Path(args.attention_map).resolve().parent.is_dir():
             raise InputError(f"folder of --attention-map does not exist: {args.attention_map!r}")
     except InputError as e:

@@ -30,16 +30,17 @@ def write_image(path, rng, size=(30, 20)):
     return str(path)
 
 
-def test_load_image_resizes_shorter_side_and_centre_crops(tmp_path):
-    # 40 x 20 px: left quarter red, the rest blue. Shorter side 20 -> round(16 / 0.875) = 18, width 36;
-    # the centre 16 x 16 crop starts at column 10 of 36, i.e. at 5.6 of the original 40: all blue.
+def test_load_image_resizes_the_whole_image(tmp_path):
+    # 40 x 20 px: left quarter red, the rest blue. Resized whole to 16 x 16 (no crop, as vit_jax
+    # evaluates): the left quarter (columns 0-3) stays red, columns 4-15 blue.
     a = np.zeros((20, 40, 3), np.uint8)
     a[:, :10, 0] = 255
     a[:, 10:, 2] = 255
     Image.fromarray(a).save(tmp_path / "wide.png")
     im = _load_image(tmp_path / "wide.png", S)
     assert im.shape == (S, S, 3) and im.dtype == np.uint8
-    assert (im[:, 4:, 2] > 250).all() and (im[:, 4:, 0] < 5).all()
+    assert (im[:, :3, 0] > 250).all() and (im[:, :3, 2] < 5).all()
+    assert (im[:, 5:, 2] > 250).all() and (im[:, 5:, 0] < 5).all()
     # A grey image with EXIF orientation 6 (rotate 90 degrees clockwise): the top row moves to the right.
     g = np.zeros((20, 40), np.uint8)
     g[:4] = 255
@@ -220,23 +221,17 @@ def test_chunked_batches_give_the_one_batch_results(tmp_path, rng, monkeypatch):
         predict.predict(model, images, names[:2])
 
 
-def test_view_follows_the_runs_dataset(tmp_path, rng, capsys):
-    """A run on an in-memory dataset (config.json "dataset": "fashion-mnist") is fed the whole image resized,
-    as its evaluation was (data.resize); without that record, the centre-crop view."""
+def test_predict_sees_what_evaluation_sees(tmp_path, rng, capsys):
+    """The image a model is given is the whole file resized (data.resize), as evaluation gives it."""
     from scratchvit.data import resize
 
     ckpt = write_run(tmp_path, rng)
     f = write_image(tmp_path / "a.png", rng, (30, 20))
-    whole = resize(np.asarray(Image.open(f).convert("RGB")), S)
-    np.testing.assert_array_equal(_load_image(f, S, crop=False), whole)
-    assert np.abs(_load_image(f, S).astype(int) - whole).max() > 20  # the crop is another view
+    view = resize(np.asarray(Image.open(f).convert("RGB")), S)
+    np.testing.assert_array_equal(_load_image(f, S), view)
+    assert main(["--checkpoint", str(ckpt), "--top-k", "3", "--json", f]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]["top_k"]
+    got = [c["probability"] for c in sorted(top, key=lambda c: c["class"])]
     model = sv.ViT.from_checkpoint(ckpt, gelu="erf")
-    for dataset, view in (("fashion-mnist", whole), ("imagefolder", _load_image(f, S))):
-        cfg = json.loads((ckpt.parent / "config.json").read_text())
-        cfg["dataset"] = dataset
-        (ckpt.parent / "config.json").write_text(json.dumps(cfg))
-        assert main(["--checkpoint", str(ckpt), "--top-k", "3", "--json", f]) == 0
-        top = json.loads(capsys.readouterr().out)["predictions"][0]["top_k"]
-        got = [c["probability"] for c in sorted(top, key=lambda c: c["class"])]
-        want = predict.softmax(model.forward((view[None].astype(np.float32) - 127.5) / 127.5))[0]
-        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=dataset)
+    want = predict.softmax(model.forward((view[None].astype(np.float32) - 127.5) / 127.5))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -13,7 +13,7 @@ Public API::
     split_train_val(images, labels, val_fraction=0.02, seed=0)   # arrays or ImageFiles
     Batches(images, labels, batch_size, image_size, train=True, augment="inception", seed=0,
             start_step=0, prefetch=2, workers=2, crop_min_area=0.05, skip_bad_images=False, log=None)
-    load_image(path, image_size)                # file -> uint8 (S, S, 3): the evaluation resize + centre crop
+    load_image(path, image_size)                # file -> uint8 (S, S, 3): the evaluation view, the whole image resized
     to_model_input(images_uint8, image_size)    # (B,H,W,3) uint8 -> (B,S,S,3) float32 in [-1, 1]
 """
 from .datasets import DATASETS, Dataset, load_dataset, split_train_val

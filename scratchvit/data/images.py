@@ -1,4 +1,4 @@
-"""Decoding image files into model-sized uint8 arrays: orientation, colour modes, and the crops.
+"""Decoding image files into model-sized uint8 arrays: orientation, colour modes, resizes and crops.
 
 Every function here reads one file and returns uint8 ``(S, S, 3)`` RGB pixels, ``S`` the model's
 input side in pixels. Decoding applies the EXIF orientation (``ImageOps.exif_transpose``) and
@@ -12,8 +12,9 @@ or 1/8) whenever the pixels needed are still at least the output size, so a larg
 a fraction of a full decode. Resizes are Pillow's bilinear filter (antialiased when reducing),
 applied to a float ``box`` so that cropping and resizing are one step.
 
-- Evaluation (:func:`load_image`): the shorter side is resized to ``round(S / 0.875)`` and the
-  central ``S x S`` pixels kept, the standard 0.875 centre-crop ratio of ImageNet evaluation.
+- Evaluation (:func:`load_image`): the whole image resized to ``S x S``, as the official vit_jax
+  input pipeline evaluates (``tf.image.resize(im, [crop_size, crop_size])``) and as the in-memory
+  datasets are resized here.
 - Training (:func:`train_image`): the Inception crop (``transforms.sample_inception_box``, the
   ViT paper's fine-tuning augmentation) or, for the other ``augment`` modes, a plain resize to
   ``S x S``, then the same flips / pad-crops as for arrays.
@@ -28,7 +29,6 @@ from PIL import Image, ImageOps
 from ..checks import check_positive_int
 from .transforms import AUGMENTS, pad_crop_batch, sample_inception_box
 
-EVAL_CROP_RATIO = 0.875  # centre crop = 87.5 % of the resized shorter side
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
@@ -102,19 +102,16 @@ def _resize_box(im: Image.Image, size: int, box, sx: float, sy: float) -> np.nda
     return np.asarray(im.resize((size, size), Image.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy)))
 
 
-def load_image(path, image_size: int, crop: bool = True) -> np.ndarray:
-    """The evaluation view of one image file: shorter side to ``round(image_size / 0.875)``, centre crop.
+def load_image(path, image_size: int) -> np.ndarray:
+    """The evaluation view of one image file: the whole upright image resized to ``S x S`` (bilinear).
 
-    Equivalent to resizing the upright image so its shorter side is ``R = round(image_size /
-    0.875)`` pixels and keeping the central ``image_size x image_size`` pixels; done as one
-    bilinear resize of the matching box of the original (no pixels outside the crop computed).
-    With ``crop=False``, the whole upright image resized to ``S x S`` instead: the view that the
-    in-memory datasets (Fashion-MNIST, CIFAR) are trained and evaluated with.
+    As the official ``vit_jax/input_pipeline.py: get_data`` evaluates ("usage of crop_size here is
+    intentional": no centre crop, the aspect ratio not kept), and as the in-memory datasets
+    (Fashion-MNIST, CIFAR) are resized by ``transforms.resize``.
 
     Args:
         path: an image file Pillow can read (JPEG, PNG, BMP, GIF, WebP, ...).
         image_size: output side ``S``, pixels.
-        crop: the centre-crop view (True) or the plain resize (False).
 
     Returns:
         uint8 ``(S, S, 3)``, RGB.
@@ -125,15 +122,8 @@ def load_image(path, image_size: int, crop: bool = True) -> np.ndarray:
     """
     size = check_positive_int("image_size", image_size, unit="pixels")
     w, h = image_size_of(path)
-    if not crop:
-        im, sx, sy = _open(path, size, size)
-        return _resize_box(im, size, (0, 0, w, h), sx, sy)
-    resized_short = round(size / EVAL_CROP_RATIO)
-    scale = resized_short / min(w, h)  # full-size pixels -> resized pixels
-    im, sx, sy = _open(path, w * scale, h * scale)
-    half = size / scale / 2  # half the crop side, in full-size pixels
-    box = (w / 2 - half, h / 2 - half, w / 2 + half, h / 2 + half)
-    return _resize_box(im, size, box, sx, sy)
+    im, sx, sy = _open(path, size, size)
+    return _resize_box(im, size, (0, 0, w, h), sx, sy)
 
 
 def train_image(path, image_size: int, augment: str, rng: np.random.Generator,

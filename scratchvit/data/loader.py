@@ -62,8 +62,8 @@ class Batches:
       (the last ``N % batch_size`` images of each epoch's order are dropped), augmented with
       ``augment``.
     - ``train=False``: one pass over the images in order, steps from 0, the last partial batch
-      kept, plain resize (``augment`` is ignored); for image files the evaluation view
-      (shorter side to ``round(image_size / 0.875)``, centre crop, ``images.load_image``).
+      kept, plain resize (``augment`` is ignored); image files get the same view, the whole
+      image resized (``images.load_image``, as the official vit_jax evaluation).
 
     Image files (``ImageFiles``) are decoded per batch on the workers: training uses
     ``images.train_image`` (the Inception crop for "inception"; a resize of the whole image to
