@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 
-from harness import ISSUE10_GEOMETRIES, THREAD_ENV, geometry_config
+from harness import ISSUE10_GEOMETRIES, geometry_config, set_thread_env
 from probes import best_seconds
 
 
@@ -103,9 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
-    if args.threads is not None:  # before NumPy loads OpenBLAS and scratchvit sizes its pool
-        for k in THREAD_ENV:
-            os.environ[k] = str(args.threads)
+    set_thread_env(args.threads)  # before NumPy loads OpenBLAS and scratchvit sizes its pool
     import numpy as np
     import torch
 

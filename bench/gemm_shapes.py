@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 
-from harness import ISSUE10_GEOMETRIES, geometry_config
+from harness import ISSUE10_GEOMETRIES, geometry_config, set_thread_env
 from probes import best_seconds
 
 
@@ -46,9 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
-    if args.threads is not None:  # before NumPy loads OpenBLAS
-        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[k] = str(args.threads)
+    set_thread_env(args.threads)  # before NumPy loads OpenBLAS
     import numpy as np
     import torch
 

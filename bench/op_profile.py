@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import sys
 import time
 
-from harness import ISSUE10_GEOMETRIES, THREAD_ENV, geometry_config
+from harness import ISSUE10_GEOMETRIES, geometry_config, set_thread_env
 
 
 def profile(cfg, batch: int, repeats: int) -> tuple[float, dict]:
@@ -68,9 +67,7 @@ def main(argv=None) -> int:
                    help="one of the issue-10 geometries (repeatable; default: all three)")
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
-    if args.threads is not None:  # before NumPy loads OpenBLAS and scratchvit sizes its pool
-        for k in THREAD_ENV:
-            os.environ[k] = str(args.threads)
+    set_thread_env(args.threads)  # before NumPy loads OpenBLAS and scratchvit sizes its pool
     for name in args.geometry or ISSUE10_GEOMETRIES:
         cfg, batch = geometry_config(name)
         total, spent = profile(cfg, batch, args.repeats)
