@@ -24,7 +24,7 @@ import numpy as np
 
 from . import ops
 from .backend import get_xp, to_numpy
-from .data import load_image
+from .data import load_image, to_float
 from .model import ViT
 from .rollout import attention_rollout, overlay_panel, save_png_atomic
 from .runs import run_gelu, run_info
@@ -97,7 +97,7 @@ BATCH = 32  # images per forward pass: bounds the memory of a long list of files
 def _chunks(images: np.ndarray):
     """(B, S, S, 3) uint8 -> float32 inputs in [-1, 1] (as training), BATCH images at a time."""
     for i in range(0, len(images), BATCH):
-        yield (images[i:i + BATCH].astype(np.float32) - 127.5) / 127.5
+        yield to_float(images[i:i + BATCH])
 
 
 def predict(model: ViT, images: np.ndarray, names: list[str], top_k: int = 5) -> list[list[dict]]:

@@ -153,14 +153,13 @@ def train_image(path, image_size: int, augment: str, rng: np.random.Generator,
     size = check_positive_int("image_size", image_size, unit="pixels")
     if augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
-    w, h = image_size_of(path)
     if augment == "inception":
+        w, h = image_size_of(path)
         top, left, ch, cw = sample_inception_box(h, w, rng, (crop_min_area, 1.0))
         im, sx, sy = _open(path, w * size / cw, h * size / ch)
         out = _resize_box(im, size, (left, top, left + cw, top + ch), sx, sy)
     else:
-        im, sx, sy = _open(path, size, size)
-        out = _resize_box(im, size, (0, 0, w, h), sx, sy)
+        out = load_image(path, size)  # the whole image resized, as evaluation sees it
         if augment == "crop-flip":
             pad = size // 8
             out = pad_crop_batch(out[None], pad, rng.integers(0, 2 * pad + 1, size=(1, 2)))[0]
