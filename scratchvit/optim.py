@@ -168,6 +168,17 @@ def learning_rate(step: int, base_lr: float, total_steps: int, warmup_steps: int
     return lr
 
 
+def weight_share(loss: float, grads: dict, rows: int, total: int, parts: int) -> float:
+    """Weight the mean loss and gradients of ``rows`` of ``total`` images, one of ``parts`` parts whose
+    plain average is taken next (micro-batches, MPI ranks), by ``rows * parts / total``: the average
+    is then the mean over all ``total`` images even when the parts differ in size. Scales ``grads``
+    in place; returns the weighted loss."""
+    w = rows * parts / total
+    for g in grads.values():
+        g *= w
+    return loss * w
+
+
 def accumulate_gradient(model, images, labels, accum_steps: int, label_smoothing: float = 0.0):
     """Mean loss and gradients of a batch computed in ``accum_steps`` equal micro-batches, as the official
     ``vit_jax/utils.py: accumulate_gradient``: the same result as one pass over the whole batch (up to
@@ -196,10 +207,7 @@ def accumulate_gradient(model, images, labels, accum_steps: int, label_smoothing
     for lo, hi in zip(bounds, bounds[1:]):
         loss, grads = model.loss_and_grads(images[lo:hi], labels[lo:hi], label_smoothing=label_smoothing)
         if b % accum_steps:  # unequal micro-batches: weight each mean by its share (1 when equal)
-            w = (hi - lo) * accum_steps / b
-            loss *= w
-            for g in grads.values():
-                g *= w
+            loss = weight_share(loss, grads, hi - lo, b, accum_steps)
         total_loss += loss
         if total is None:
             total = grads

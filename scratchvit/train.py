@@ -135,10 +135,7 @@ def train_step(run: Run, x, y, step: int, stop: bool = False):
     loss, grads = optim.accumulate_gradient(model, x[lo:hi], y[lo:hi], run.s.accum_steps, run.s.label_smoothing)
     if dist.size > 1:
         if batch % dist.size:  # a batch --skip-bad-images left short: weight each rank's mean by its share
-            w = (hi - lo) * dist.size / batch
-            loss *= w
-            for g in grads.values():
-                g *= w
+            loss = optim.weight_share(loss, grads, hi - lo, batch, dist.size)
         dist.stall_hook(step)
         buf = dist.allreduce_mean(distributed.flatten(grads, loss, model.xp, float(stop)), step)
         loss, grads = distributed.unflatten(buf, grads)
