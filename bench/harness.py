@@ -134,7 +134,8 @@ class ScratchRunner:
 
     name = "scratchvit"
 
-    def __init__(self, cfg, images, labels, device="cpu", dtype="float32", seed=0, lr=1e-3, params=None):
+    def __init__(self, cfg, images, labels, device="cpu", dtype="float32", seed=0, lr=1e-3, params=None,
+                 precision="fp32"):
         import scratchvit as sv
         from scratchvit import optim
         from scratchvit.backend import to_device
@@ -142,7 +143,10 @@ class ScratchRunner:
         self.device = device
         if params is None:
             params = bench_params(cfg, seed)
-        self.model = sv.ViT(cfg, seed=seed, device=device, dtype=dtype, params=params)
+        # precision "fp16": scratchvit's mixed precision (ViT(..., precision=)), the GPU check's second runner
+        extra = {} if precision == "fp32" else {"precision": precision}
+        self.name = "scratchvit" if precision == "fp32" else f"scratchvit-{precision}"
+        self.model = sv.ViT(cfg, seed=seed, device=device, dtype=dtype, params=params, **extra)
         self.optim = optim
         self.opt = optim.SGD(momentum=0.9, weight_decay=0.0)
         self.state = self.opt.init(self.model.params)
@@ -204,7 +208,9 @@ class TorchRunner:
     """PyTorch: the same step with torch.optim.SGD(momentum=0.9) and clip_grad_norm_(1.0)."""
 
     def __init__(self, params_np, cfg, images, labels, device="cpu", dtype="float32", lr=1e-3,
-                 compile_model=False, sdpa=False):
+                 compile_model=False, sdpa=False, amp=False):
+        import contextlib
+
         import torch
         import torch.nn.functional as F
         import torch_reference as tr
@@ -212,6 +218,10 @@ class TorchRunner:
         self.torch, self.F = torch, F
         self.device = device
         dev = "cuda" if device == "gpu" else "cpu"
+        # amp (GPU): the forward and the loss under float16 autocast, a GradScaler around backward and step
+        self.autocast = (torch.autocast(device_type="cuda", dtype=torch.float16) if amp
+                         else contextlib.nullcontext())
+        self.scaler = torch.amp.GradScaler("cuda") if amp else None
         self.module = tr.build_torch_vit(params_np, classifier=cfg.classifier, gelu=cfg.gelu,
                                          dtype=getattr(torch, dtype), sdpa=sdpa, device=dev)
         self.params = list(self.module.parameters())
@@ -219,16 +229,24 @@ class TorchRunner:
         self.images = torch.from_numpy(images).to(dev)
         self.labels = torch.from_numpy(labels).to(dev)
         self.fn = torch.compile(self.module) if compile_model else self.module
-        self.name = "torch.compile" if compile_model else "pytorch"
+        self.name = ("torch.compile" if compile_model else "pytorch") + ("-fp16" if amp else "")
 
     def step(self) -> dict:
         torch, F = self.torch, self.F
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.fn(self.images), self.labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
+        with self.autocast:
+            loss = F.cross_entropy(self.fn(self.images), self.labels)
+        if self.scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.scaler.step(self.opt)
+            self.scaler.update()
         sync(self.device)
         t1 = time.perf_counter()
         return {"step": t1 - t0, "loss": float(loss.detach())}

@@ -22,6 +22,11 @@ measurement twice, each in a fresh subprocess:
 * ``cli``: as ``python -m scratchvit.train`` - scratchvit imported first, ``cpu.configure()``;
 * ``compile``: CLI-like, with ``torch.compile(model)`` in place of PyTorch eager (a third process,
   so that the plain and CLI-like processes hold the same runners); a failure is reported in one line.
+
+``--device gpu --compare torch --mode gpu`` (bench/gpu_check.sh's speed step) holds every runner in one
+process instead: scratchvit, PyTorch eager and torch.compile, each in fp32 and in fp16 (``--precisions``;
+scratchvit's mixed precision, PyTorch's float16 autocast with a GradScaler), the device synchronised
+before each clock read; ratios are PyTorch's median step time over scratchvit's of the same precision.
 """
 from __future__ import annotations
 
@@ -52,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed steps per runner and round (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per runner first (default 1)")
     p.add_argument("--compare", choices=["torch"], default=None, help="time the same step in PyTorch too")
-    p.add_argument("--mode", choices=["plain", "cli", "compile", "both"], default=None,
-                   help="how the process is set up (see above); default: both with --compare torch, else cli")
+    p.add_argument("--mode", choices=["plain", "cli", "compile", "both", "gpu"], default=None,
+                   help="how the process is set up (see above); default: both with --compare torch, else cli; "
+                   "gpu: all runners in one process, fp32 and fp16")
+    p.add_argument("--precisions", default="fp32,fp16", help="with --mode gpu: comma-separated (default fp32,fp16)")
     p.add_argument("--no-torch-compile", action="store_true", help="with --mode both: skip the torch.compile process")
     p.add_argument("--torch-sdpa", action="store_true",
                    help="PyTorch attention via F.scaled_dot_product_attention (default: explicit softmax(QK^T)V)")
@@ -143,6 +150,88 @@ def measure(args) -> dict:
     return res
 
 
+def measure_gpu(args) -> dict:
+    """--mode gpu: scratchvit, PyTorch eager and torch.compile in each of --precisions, in this process."""
+    import torch
+
+    import scratchvit
+
+    cfg = h.make_config(args)
+    images, labels = h.make_batch(cfg, args.batch_size, args.dtype, args.seed)
+    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    res = {"config": cfg.to_dict(), "batch_size": args.batch_size, "dtype": args.dtype, "device": args.device,
+           "precisions": precisions, "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
+           "timing": "perf_counter around each step, the device synchronised at the end of the step (and so "
+                     "before the next one starts)",
+           "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                       "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                       "scratchvit": scratchvit.__version__}, "errors": {}, "setup_seconds": {}}
+    runners, params = [], h.bench_params(cfg, args.seed)
+    builders = []
+    for prec in precisions:
+        builders.append((f"scratchvit-{prec}", lambda prec=prec: h.ScratchRunner(
+            cfg, images, labels, args.device, args.dtype, args.seed, params=params, precision=prec)))
+        for compiled in (False, True):
+            if compiled and args.no_torch_compile:
+                continue
+            builders.append((("torch.compile" if compiled else "pytorch") + f"-{prec}",
+                             lambda prec=prec, compiled=compiled: h.TorchRunner(
+                                 params, cfg, images, labels, args.device, args.dtype, compile_model=compiled,
+                                 sdpa=args.torch_sdpa, amp=prec == "fp16")))
+    def failed(label, e):  # a runner that cannot run is reported in one line; the others go on
+        res["errors"][label] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
+        print(f"{label}: failed: {res['errors'][label]}", flush=True)
+
+    for label, build in builders:
+        t = time.perf_counter()
+        try:
+            r = build()
+        except Exception as e:  # noqa: BLE001
+            failed(label, e)
+            continue
+        r.label, res["setup_seconds"][label] = label, time.perf_counter() - t
+        runners.append(r)
+    by = {r.label: r for r in runners}
+    if "scratchvit-fp32" in by and "pytorch-fp32" in by:  # before any update: the same parameters
+        res["agreement"] = h.compare_outputs(by["scratchvit-fp32"], by["pytorch-fp32"])
+        a = res["agreement"]
+        print(f"agreement scratchvit-fp32 / pytorch-fp32: logits max |diff| {a['logits_max_abs_diff']:.3g}, "
+              f"grads max rel diff {a['grads_max_rel_diff']:.3g}", flush=True)
+    for r in list(runners):
+        t = time.perf_counter()
+        try:
+            for _ in range(max(args.warmup, 1)):  # torch.compile compiles in the first call
+                r.step()
+            probes.sync(args.device)
+        except Exception as e:  # noqa: BLE001
+            failed(r.label, e)
+            runners.remove(r)
+            continue
+        res["setup_seconds"][r.label] += time.perf_counter() - t
+        print(f"{r.label}: built and warmed up in {res['setup_seconds'][r.label]:.1f} s", flush=True)
+    by = {r.label: r for r in runners}
+    times = h.run_rounds(runners, args.rounds, args.steps, warmup=0, pause=args.pause)
+    res["frameworks"] = {}
+    for r, t in zip(runners, times, strict=True):
+        s = h.summarize([x for rnd in t for x in rnd])
+        res["frameworks"][r.label] = {"step": s, "images_per_s": args.batch_size / (s["median_ms"] / 1e3),
+                                      "round_medians_ms": [statistics.median(rnd) * 1e3 for rnd in t]}
+    res["ratios"] = {}  # PyTorch's step time over scratchvit's (same precision): > 1 means scratchvit is faster
+    for prec in precisions:
+        base = f"scratchvit-{prec}"
+        for r, t in zip(runners, times, strict=True):
+            if base in by and r.label != base and r.label.endswith(prec) and not r.label.startswith("scratchvit"):
+                ratios = h.round_ratios(times[runners.index(by[base])], t)
+                res["ratios"][f"{r.label}/{base}"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                                      "max": max(ratios)}
+    print(f"{'runner':22s} {'median ms':>10s} {'images/s':>10s}")
+    for label, v in res["frameworks"].items():
+        print(f"{label:22s} {v['step']['median_ms']:10.2f} {v['images_per_s']:10.1f}")
+    for k, v in res["ratios"].items():
+        print(f"{k:40s} {v['median']:.3f}x ({v['min']:.3f}-{v['max']:.3f})  (> 1: scratchvit faster)")
+    return res
+
+
 def profile(runner, steps: int, top: int) -> str:
     """cProfile of ``steps`` scratchvit steps; the top ``top`` lines by own time, printed and returned."""
     import cProfile
@@ -224,7 +313,9 @@ def line(res: dict) -> str:
 def run(argv: list[str], args) -> dict:
     """The measurement the options ask for: in this process, or one fresh process per mode."""
     mode = args.mode or ("both" if args.compare else "cli")
-    if mode != "both":
+    if mode == "gpu":
+        res = measure_gpu(args)
+    elif mode != "both":
         args.mode = mode
         res = measure(args)
     else:
@@ -260,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
         _write(out_dir / f"{args.suite}_summary.txt", "\n".join(lines) + "\n")
     else:
         res = run(argv, args)
-        for r in res.get("modes", {"": res}).values():
+        for r in res.get("modes", {"": res}).values() if args.mode != "gpu" else ():  # gpu: printed already
             if "agreement" in r:
                 a = r["agreement"]
                 print(f"agreement: logits max |diff| {a['logits_max_abs_diff']:.3g}, "
