@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the process is set up (see above); default: both with --compare torch, else cli; "
                    "gpu: all runners in one process, fp32 and fp16")
     p.add_argument("--precisions", default="fp32,fp16", help="with --mode gpu: comma-separated (default fp32,fp16)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="S",
+                   help="with --mode gpu: seconds for building and warming up the runners (torch.compile compiles "
+                   "then); a runner not warmed up by then is reported as skipped and the others are timed")
     p.add_argument("--no-torch-compile", action="store_true", help="with --mode both: skip the torch.compile process")
     p.add_argument("--torch-sdpa", action="store_true",
                    help="PyTorch attention via F.scaled_dot_product_attention (default: explicit softmax(QK^T)V)")
@@ -197,9 +201,20 @@ def measure_gpu(args) -> dict:
         a = res["agreement"]
         print(f"agreement scratchvit-fp32 / pytorch-fp32: logits max |diff| {a['logits_max_abs_diff']:.3g}, "
               f"grads max rel diff {a['grads_max_rel_diff']:.3g}", flush=True)
+    t_start = time.perf_counter()
+
+    def out_of_time(signum, frame):
+        raise TimeoutError(f"not warmed up within --time-limit {args.time_limit:g} s")
+
     for r in list(runners):
         t = time.perf_counter()
+        left = None if args.time_limit is None else args.time_limit - (t - t_start)
         try:
+            if left is not None:
+                if left < 1:
+                    raise TimeoutError(f"skipped: --time-limit {args.time_limit:g} s spent before its warm-up")
+                signal.signal(signal.SIGALRM, out_of_time)
+                signal.alarm(max(int(left), 1))
             for _ in range(max(args.warmup, 1)):  # torch.compile compiles in the first call
                 r.step()
             probes.sync(args.device)
@@ -207,6 +222,8 @@ def measure_gpu(args) -> dict:
             failed(r.label, e)
             runners.remove(r)
             continue
+        finally:
+            signal.alarm(0)
         res["setup_seconds"][r.label] += time.perf_counter() - t
         print(f"{r.label}: built and warmed up in {res['setup_seconds'][r.label]:.1f} s", flush=True)
     by = {r.label: r for r in runners}
