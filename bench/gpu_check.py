@@ -30,6 +30,15 @@ REPO = Path(__file__).resolve().parent.parent
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # import name -> distribution name, for the project's runtime dependencies (setup.cfg install_requires)
 IMPORT_NAMES = {"numpy": "numpy", "pillow": "PIL", "tqdm": "tqdm", "array-api-compat": "array_api_compat"}
+# pip install --no-build-isolation -e . builds with the installed setuptools: PEP 660 needs setuptools >= 64,
+# and bdist_wheel comes with setuptools >= 70.1, else from the wheel package.
+EDITABLE_BACKEND = """
+import importlib.util, sys, setuptools
+v = tuple(int(x) for x in setuptools.__version__.split(".")[:2])
+wheel = v >= (70, 1) or importlib.util.find_spec("wheel") is not None
+print(f"setuptools {setuptools.__version__}" + ("" if wheel else ", no wheel package"))
+sys.exit(0 if v >= (64, 0) and wheel else 1)
+"""
 # The fragments each step leaves in the work folder, in step order, and the report's key for each.
 FRAGMENTS = (("env.json", "environment"), ("gpu_tests.json", "gpu_tests"), ("parity.json", "parity"),
              ("train_fp32.json", "train_fp32"), ("train_fp16.json", "train_fp16"),
@@ -268,6 +277,9 @@ def check_command(c: Checks, line: str, wheels: list[str]) -> None:
         c.check(rc == 0, "pip usable")
         for w in [x for x in rest if x.endswith(".whl")]:
             c.check(Path(w).is_file(), f"wheel {w}")
+        if "-e" in rest and "--no-build-isolation" in rest:  # the build backend must be installed already
+            rc, out = run([py, "-c", EDITABLE_BACKEND])
+            c.check(rc == 0, f"an editable install without build isolation can build ({out.strip()[:120]})")
         for i, x in enumerate(rest):
             if x == "--find-links":
                 c.check(Path(rest[i + 1]).is_dir(), f"wheels folder {rest[i + 1]}")
