@@ -241,11 +241,18 @@ def measure_gpu(args) -> dict:
                 ratios = h.round_ratios(times[runners.index(by[base])], t)
                 res["ratios"][f"{r.label}/{base}"] = {"median": statistics.median(ratios), "min": min(ratios),
                                                       "max": max(ratios)}
+    if "scratchvit-fp32" in by:  # every runner's speed over scratchvit fp32's (images/s ratio)
+        base = res["frameworks"]["scratchvit-fp32"]["step"]["median_ms"]
+        res["speed_over_scratchvit_fp32"] = {k: base / v["step"]["median_ms"] for k, v in res["frameworks"].items()}
+    # scratchvit's and PyTorch eager's runners must run; torch.compile's failure or overrun is reported only
+    res["required_failed"] = sorted(k for k in res["errors"] if not k.startswith("torch.compile"))
     print(f"{'runner':22s} {'median ms':>10s} {'images/s':>10s}")
     for label, v in res["frameworks"].items():
         print(f"{label:22s} {v['step']['median_ms']:10.2f} {v['images_per_s']:10.1f}")
     for k, v in res["ratios"].items():
         print(f"{k:40s} {v['median']:.3f}x ({v['min']:.3f}-{v['max']:.3f})  (> 1: scratchvit faster)")
+    for k, v in res["errors"].items():
+        print(f"{k:22s} {'FAILED' if k in res['required_failed'] else 'not timed'}: {v}")
     return res
 
 
@@ -391,4 +398,4 @@ def _write(path: Path, data) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main().get("required_failed") else 0)  # --mode gpu: a scratchvit or PyTorch eager runner failed
