@@ -141,6 +141,17 @@ def test_skipped_gpu_tests_fail_the_step(tmp_path):
     assert gpu_check.main(["junit", "--xml", str(xml), "--json", str(tmp_path / "t.json")]) == 0
 
 
+def test_a_skip_named_by_allow_skip_passes(tmp_path):
+    """On a 1-GPU machine the 2-rank NCCL test skips: allowed by name, while a missing CuPy still fails."""
+    xml = tmp_path / "t.xml"
+    for reason, rc in (("NCCL needs one GPU per rank: fewer than 2 CUDA devices", 0), ("CuPy is not installed", 1)):
+        xml.write_text(f'<testsuites><testsuite tests="1" failures="0" errors="0" skipped="1">'
+                       f'<testcase classname="t" name="n"><skipped message="{reason}"/></testcase>'
+                       f'</testsuite></testsuites>')
+        assert gpu_check.main(["junit", "--xml", str(xml), "--json", str(tmp_path / "t.json"),
+                               "--allow-skip", "fewer than 2 CUDA devices", "--allow-skip", "needs mpiexec"]) == rc
+
+
 def test_report_names_the_failed_step_and_keeps_what_was_measured(tmp_path):
     (tmp_path / "steps.tsv").write_text("1-environment\t0\t3\tpython env\n"
                                         "3-parity\t1\t20\tpython bench/gpu_parity.py\n")
