@@ -39,7 +39,7 @@ def namespace(*arrays):
     Raises:
         TypeError: arrays of different libraries, or no array at all.
     """
-    return array_namespace(*(a for a in arrays if a is not None and not isinstance(a, (int, float))))
+    return array_namespace(*(a for a in arrays if a is not None and type(a) not in (bool, int, float)))
 
 
 def is_numpy(xp) -> bool:
@@ -53,14 +53,15 @@ def is_cupy(xp) -> bool:
 
 
 def check_dtype(dtype) -> np.dtype:
-    """Validate a floating dtype name ("float32" or "float64"); return it as ``np.dtype``.
+    """Validate a floating dtype name ("float32" or "float64" for parameters; "float16" for the compute
+    copy of mixed precision); return it as ``np.dtype``.
 
     Raises:
         ValueError: for any other dtype.
     """
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     if name not in DTYPES + ("float16",):
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {DTYPES} (or float16 for mixed precision), got {dtype!r}")
     return np.dtype(name)
 
 
