@@ -171,8 +171,6 @@ def loss_and_grads(model, images, labels, *, total: float | None = None, accum_s
         raise ValueError(f"a batch of {B} images cannot make {accum_steps} micro-batches (--accum-steps)")
     total = B if total is None else total
     on_cpu = is_numpy(model.xp)
-    if on_cpu:
-        cpu.configure()  # process-wide CPU settings, once (scratchvit/cpu.py)
     loss, grads = None, None
     for lo, hi in shares(B, accum_steps):
         def part(s, e, lo=lo):
