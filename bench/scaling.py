@@ -8,7 +8,7 @@
 Each point builds both models from the same parameters and the same batch, runs ``--warmup``
 untimed steps and ``--steps`` timed ones per framework, interleaved (see bench/train_step.py
 for what a step is), and records images/s = batch / median step time and the counted GFLOP/s
-(scratchvit/flops.py). The point at (default batch, default image size) is shared by the two
+(bench/flops.py). The point at (default batch, default image size) is shared by the two
 sweeps. Results: ``bench/results/scaling_<date>.json`` and the plot ``bench/results/scaling.png``.
 """
 from __future__ import annotations
