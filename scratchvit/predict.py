@@ -135,19 +135,34 @@ def caption(file, top: dict) -> str:
     return f"{Path(file).name}: {top['name']} {100 * top['probability']:.1f}%"
 
 
-def _caption_strip(text: str, width: int) -> np.ndarray:
-    """(CAPTION_HEIGHT, width, 3) uint8: ``text`` in black on white, cut with "..." where it is too wide."""
-    strip = Image.new("RGB", (width, CAPTION_HEIGHT), "white")
-    draw = ImageDraw.Draw(strip)
+def _caption_font():
     try:
-        font = ImageFont.load_default(size=15)  # Pillow >= 10.1: a scalable font
+        return ImageFont.load_default(size=15)  # Pillow >= 10.1: a scalable font
     except TypeError:
-        font = ImageFont.load_default()
+        return ImageFont.load_default()
+
+
+def fit_caption(text: str, width: int) -> str:
+    """``text`` as drawn in a strip ``width`` pixels wide: too wide a caption loses the middle of its file
+    name (the part before the first ": "), replaced by "...", so that the class and probability stay;
+    if that is not enough, its end."""
+    font, draw = _caption_font(), ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    name, sep, rest = text.partition(": ")
+    if not sep:
+        name, rest = "", text
     shown = text
-    while len(text) > 1 and draw.textlength(shown, font=font) > width - 8:
-        text = text[:-1]
-        shown = text + "..."
-    draw.text((4, 3), shown, fill="black", font=font)
+    while len(name) > 2 and draw.textlength(shown, font=font) > width - 8:
+        name = name[:len(name) // 2 - 1] + name[len(name) // 2:]  # drop the middle character
+        shown = f"{name[:len(name) // 2]}...{name[len(name) // 2:]}{sep}{rest}"
+    while len(shown) > 3 and draw.textlength(shown, font=font) > width - 8:
+        shown = shown[:-4] + "..."
+    return shown
+
+
+def _caption_strip(text: str, width: int) -> np.ndarray:
+    """(CAPTION_HEIGHT, width, 3) uint8: ``text`` (:func:`fit_caption`) in black on white."""
+    strip = Image.new("RGB", (width, CAPTION_HEIGHT), "white")
+    ImageDraw.Draw(strip).text((4, 3), fit_caption(text, width), fill="black", font=_caption_font())
     return np.asarray(strip)
 
 

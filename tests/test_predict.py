@@ -159,7 +159,14 @@ def test_attention_map_rows_are_captioned_with_file_class_and_probability(tmp_pa
     assert predict.caption("some/dir/cat.jpg", {"name": "tabby", "probability": 0.5}) == "cat.jpg: tabby 50.0%"
 
 
-def test_long_captions_are_cut_to_the_row():
+def test_long_captions_keep_their_class_and_probability():
+    """A caption too wide for its row loses the middle of the file name, not the class and probability."""
+    long = "a_very_long_file_name_of_a_photo_taken_on_holiday_in_2026.jpg: bag 91.2%"
+    shown = predict.fit_caption(long, 456)
+    assert len(shown) < len(long) and shown.startswith("a_very") and shown.endswith("2026.jpg: bag 91.2%")
+    assert "..." in shown
+    assert predict.fit_caption("boot.png: ankle boot 90.1%", 456) == "boot.png: ankle boot 90.1%"
+    assert predict.fit_caption("x" * 500, 100).endswith("...")  # no file-name part: cut at the end
     strip = predict._caption_strip("x" * 500, 100)
     assert strip.shape == (predict.CAPTION_HEIGHT, 100, 3) and strip[:, -3:].min() == 255  # nothing drawn past the edge
 
