@@ -9,7 +9,7 @@ scratchvit from its checkout, runs 2 untimed and then --steps timed training ste
 ``harness.ScratchRunner`` (forward, backward, clipping at 1, SGD-momentum update) on the same
 random batch, and prints the median images/s. Printed per round: both figures and the ratio B / A
 (above 1: B is faster); at the end the median and min-max of the ratios. Geometries:
-``harness.ISSUE10_GEOMETRIES`` (those of ``train_step.py --suite issue10``).
+``harness.SUITE_GEOMETRIES`` (those of ``train_step.py --suite small-vits``).
 """
 from __future__ import annotations
 
@@ -20,17 +20,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import ISSUE10_GEOMETRIES, THREAD_ENV
+if __package__ in (None, ""):  # run as a script (python bench/ab.py): the repository root on sys.path,
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that `bench` imports as a package
 
-BENCH_DIR = Path(__file__).resolve().parent
+from bench.harness import SUITE_GEOMETRIES, THREAD_ENV  # noqa: E402
 
-# Runs in a fresh interpreter: scratchvit from the checkout, the step of harness.ScratchRunner.
+ROOT = Path(__file__).resolve().parents[1]  # this checkout: its bench package times both
+
+# Runs in a fresh interpreter: scratchvit from the checkout, the step of this checkout's bench.harness.ScratchRunner.
+# scratchvit is imported before this checkout's root goes on the path, so that it stays the one of the checkout.
 CHILD = """
 import statistics, sys
-sys.path[:0] = [{repo!r}, {bench!r}]
+sys.path.insert(0, {repo!r})
 import scratchvit
 assert scratchvit.__file__.startswith({repo!r}), scratchvit.__file__
-import harness
+sys.path.insert(0, {root!r})
+from bench import harness
+assert harness.__file__.startswith({root!r}), harness.__file__
 cfg, batch = harness.geometry_config({geometry!r})
 runner = harness.ScratchRunner(cfg, *harness.make_batch(cfg, batch, "float32"))
 for _ in range(2):
@@ -40,12 +46,12 @@ print(batch / statistics.median(runner.step()["step"] for _ in range({steps})))
 
 
 def images_per_second(repo: Path, geometry: str, steps: int, threads: int | None) -> float:
-    """Median training-step images/s of the checkout ``repo`` on an issue-10 geometry, in a fresh process."""
+    """Median training-step images/s of the checkout ``repo`` on a geometry of the suite, in a fresh process."""
     env = dict(os.environ)
     if threads is not None:
         for k in THREAD_ENV:
             env[k] = str(threads)
-    code = CHILD.format(repo=str(repo), bench=str(BENCH_DIR), geometry=geometry, steps=steps)
+    code = CHILD.format(repo=str(repo), root=str(ROOT), geometry=geometry, steps=steps)
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -54,7 +60,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("a", type=Path, help="checkout A (the baseline)")
     p.add_argument("b", type=Path, help="checkout B (the change)")
-    p.add_argument("--geometry", choices=list(ISSUE10_GEOMETRIES), default="p4_d64_b128")
+    p.add_argument("--geometry", choices=list(SUITE_GEOMETRIES), default="p4_d64_b128")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps", type=int, default=None, help="timed steps per process (default 12; 4 for ti16_b32)")
     p.add_argument("--threads", type=int, default=None)

@@ -4,7 +4,7 @@ The other half of a training step, beside the matrix products that ``gemm_shapes
 scratchvit writes each of these ops as a chain of NumPy calls (a pass over the array each, run
 block by block on its threads, ``cpu.blockwise``); PyTorch runs each as one fused kernel. This
 times the forward and backward of each op in both libraries on the same float32 arrays, at the
-shapes of the issue-10 geometries (rows = batch * tokens):
+shapes of the suite's geometries (``harness.SUITE_GEOMETRIES``; rows = batch * tokens):
 
     python bench/elementwise_ops.py --threads 2
     python bench/elementwise_ops.py --threads 1 --json results/elementwise_ops_1t.json
@@ -29,9 +29,13 @@ import argparse
 import json
 import platform
 import sys
+from pathlib import Path
 
-from harness import ISSUE10_GEOMETRIES, geometry_config, set_thread_env
-from probes import best_seconds
+if __package__ in (None, ""):  # run as a script (python bench/elementwise_ops.py): the repository root on sys.path,
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that `bench` imports as a package
+
+from bench.harness import SUITE_GEOMETRIES, geometry_config, set_thread_env  # noqa: E402
+from bench.probes import best_seconds  # noqa: E402
 
 
 def shapes(cfg, images: int) -> list[tuple[str, tuple]]:
@@ -115,7 +119,7 @@ def main(argv=None) -> int:
     results = []
     print(f"{platform.processor() or platform.machine()}, NumPy {np.__version__}, PyTorch {torch.__version__}, "
           f"threads {args.threads or 'default'}")
-    for geometry in ISSUE10_GEOMETRIES:
+    for geometry in SUITE_GEOMETRIES:
         print(f"\n{geometry}")
         for op, shape in shapes(*geometry_config(geometry)):
             x = rng.standard_normal(shape, np.float32)

@@ -5,7 +5,7 @@ NumPy was built with (OpenBLAS in the PyPI wheels), PyTorch's in its own (MKL / 
 CPU wheels). This times both libraries on the same float32 operands, one product shape at a time,
 so that a training-step ratio can be read against what the two BLAS libraries give on their own.
 
-    python bench/gemm_shapes.py --threads 2            # the three issue-10 geometries, 2 threads
+    python bench/gemm_shapes.py --threads 2            # the suite's three geometries, 2 threads
     python bench/gemm_shapes.py --threads 1 --json results/gemm_shapes_1t.json
 
 Shapes (M x K x N, 2 FLOPs per multiply-add; B x ... for the per-head products, one product per
@@ -19,9 +19,13 @@ import argparse
 import json
 import platform
 import sys
+from pathlib import Path
 
-from harness import ISSUE10_GEOMETRIES, geometry_config, set_thread_env
-from probes import best_seconds
+if __package__ in (None, ""):  # run as a script (python bench/gemm_shapes.py): the repository root on sys.path,
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that `bench` imports as a package
+
+from bench.harness import SUITE_GEOMETRIES, geometry_config, set_thread_env  # noqa: E402
+from bench.probes import best_seconds  # noqa: E402
 
 
 def shapes(cfg, images: int) -> list[tuple[str, tuple]]:
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
     results = []
     print(f"{platform.processor() or platform.machine()}, NumPy {np.__version__}, PyTorch {torch.__version__}, "
           f"threads {args.threads or 'default'}")
-    for geometry in ISSUE10_GEOMETRIES:
+    for geometry in SUITE_GEOMETRIES:
         print(f"\n{geometry}")
         for label, (kind, shape) in shapes(*geometry_config(geometry)):
             if kind == "dense":

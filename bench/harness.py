@@ -1,7 +1,7 @@
 """The benchmark harness: runners, interleaved timing, summaries, the matmul peak, memory figures.
 
-Imported by ``bench/train_step.py`` and ``bench/scaling.py`` (which run as scripts, so ``bench/``
-is on ``sys.path``). NumPy, scratchvit and PyTorch are imported inside the functions only, so
+Imported as ``bench.harness`` by the scripts (``bench/train_step.py``, ``bench/scaling.py``, ...) and the
+tests. NumPy, scratchvit and PyTorch are imported inside the functions only, so
 that a script can set thread variables, or import NumPy first on purpose, before any of them loads.
 
 * :class:`ScratchRunner` / :class:`TorchRunner`: one training step (forward, backward, clipping
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from probes import sync
+from bench.probes import sync
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -51,10 +51,12 @@ def set_thread_env(threads: int | None) -> None:
         os.environ[k] = str(threads)
 
 
-# The three geometries of issue 10, one table for train_step.py --suite issue10, ab.py and gemm_shapes.py:
+# The benchmark suite's three geometries (ViT-Ti/16 at 224 px and two small ViTs on 28 px images, one of them
+# the fashion-mnist preset's), one table for train_step.py --suite small-vits, ab.py, gemm_shapes.py,
+# elementwise_ops.py and op_profile.py:
 # name -> (ViT-Ti_16 fields overridden, batch size).
 SMALL = {"image_size": 28, "num_layers": 4, "num_heads": 4, "num_classes": 10}
-ISSUE10_GEOMETRIES = {
+SUITE_GEOMETRIES = {
     "ti16_b32": ({"num_classes": 1000}, 32),
     "p4_d64_b128": ({**SMALL, "patch_size": 4, "hidden_size": 64, "mlp_dim": 128}, 128),
     "p7_d128_gap_b128": ({**SMALL, "patch_size": 7, "hidden_size": 128, "mlp_dim": 256, "classifier": "gap"}, 128),
@@ -62,8 +64,8 @@ ISSUE10_GEOMETRIES = {
 
 
 def geometry_args(name: str) -> list[str]:
-    """The command-line options (:func:`add_model_args` and ``--batch-size``) of an issue-10 geometry."""
-    fields, batch = ISSUE10_GEOMETRIES[name]
+    """The command-line options (:func:`add_model_args` and ``--batch-size``) of a geometry of the suite."""
+    fields, batch = SUITE_GEOMETRIES[name]
     args = ["--model", "ViT-Ti_16"]
     for k, v in fields.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
@@ -71,10 +73,10 @@ def geometry_args(name: str) -> list[str]:
 
 
 def geometry_config(name: str):
-    """The ViTConfig and the batch size of an issue-10 geometry."""
+    """The ViTConfig and the batch size of a geometry of the suite."""
     import scratchvit as sv
 
-    fields, batch = ISSUE10_GEOMETRIES[name]
+    fields, batch = SUITE_GEOMETRIES[name]
     return sv.get_config("ViT-Ti_16", **fields), batch
 
 
@@ -213,7 +215,8 @@ class TorchRunner:
 
         import torch
         import torch.nn.functional as F
-        import torch_reference as tr
+
+        from bench import torch_reference as tr
 
         self.torch, self.F = torch, F
         self.device = device
@@ -274,7 +277,7 @@ class TorchRunner:
             return self.module(self.images).float().cpu().numpy()
 
     def loss_and_grads_numpy(self):
-        import torch_reference as tr
+        from bench import torch_reference as tr
 
         return tr.loss_and_grads(self.module, self.images, self.labels)
 

@@ -1,6 +1,6 @@
 """Where a scratchvit training step's time goes: each op's forward and backward, timed call by call.
 
-    python bench/op_profile.py --threads 1                       # the three issue-10 geometries
+    python bench/op_profile.py --threads 1                       # the suite's three geometries
     python bench/op_profile.py --threads 1 --geometry p7_d128_gap_b128 --repeats 20
 
 Runs ``ViT.forward(keep_cache=True)`` and ``ViT.backward`` on one random batch (the op-by-op path on
@@ -15,8 +15,12 @@ import argparse
 import collections
 import sys
 import time
+from pathlib import Path
 
-from harness import ISSUE10_GEOMETRIES, geometry_config, set_thread_env
+if __package__ in (None, ""):  # run as a script (python bench/op_profile.py): the repository root on sys.path,
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that `bench` imports as a package
+
+from bench.harness import SUITE_GEOMETRIES, geometry_config, set_thread_env  # noqa: E402
 
 
 def profile(cfg, batch: int, repeats: int) -> tuple[float, dict]:
@@ -63,12 +67,12 @@ def profile(cfg, batch: int, repeats: int) -> tuple[float, dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=None, help="BLAS and scratchvit threads (default: all cores)")
-    p.add_argument("--geometry", choices=list(ISSUE10_GEOMETRIES), action="append",
-                   help="one of the issue-10 geometries (repeatable; default: all three)")
+    p.add_argument("--geometry", choices=list(SUITE_GEOMETRIES), action="append",
+                   help="one of the suite's geometries (repeatable; default: all three)")
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
     set_thread_env(args.threads)  # before NumPy loads OpenBLAS and scratchvit sizes its pool
-    for name in args.geometry or ISSUE10_GEOMETRIES:
+    for name in args.geometry or SUITE_GEOMETRIES:
         cfg, batch = geometry_config(name)
         total, spent = profile(cfg, batch, args.repeats)
         print(f"\n{name}: forward + backward {total * 1e3:.1f} ms (threads {args.threads or 'default'})")

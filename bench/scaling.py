@@ -8,7 +8,7 @@
 Each point builds both models from the same parameters and the same batch, runs ``--warmup``
 untimed steps and ``--steps`` timed ones per framework, interleaved (see bench/train_step.py
 for what a step is), and records images/s = batch / median step time and the counted GFLOP/s
-(scratchvit/flops.py). The point at (default batch, default image size) is shared by the two
+(bench/flops.py). The point at (default batch, default image size) is shared by the two
 sweeps. Results: ``bench/results/scaling_<date>.json`` and the plot ``bench/results/scaling.png``.
 """
 from __future__ import annotations
@@ -18,11 +18,15 @@ import datetime as _dt
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import harness as h  # bench/ is on sys.path when this runs as a script; stdlib-only at import time
-import probes
+if __package__ in (None, ""):  # run as a script (python bench/scaling.py): the repository root on sys.path,
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that `bench` imports as a package
+
+from bench import harness as h  # noqa: E402  (stdlib-only at import time)
+from bench import probes  # noqa: E402
 
 BENCH_DIR = h.BENCH_DIR
 
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def measure_point(args, image_size: int, batch: int) -> dict:
-    from scratchvit import flops
+    from bench import flops
 
     cfg = h.make_config(argparse.Namespace(**{**vars(args), "image_size": image_size}))
     images, labels = h.make_batch(cfg, batch, args.dtype, args.seed)

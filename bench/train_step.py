@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time scratchvit's training step beside the same step in PyTorch (eager and torch.compile).
 
-    python bench/train_step.py --suite issue10                 # the three geometries -> bench/results/issue10_*
+    python bench/train_step.py --suite small-vits --threads 2  # 3 geometries -> results/train_step_small-vits_*
     python bench/train_step.py --compare torch --threads 2     # ViT-Ti_16, 224 px, batch 32
     python bench/train_step.py --image-size 28 --patch-size 7 --hidden-size 128 --num-layers 4 \\
         --num-heads 4 --mlp-dim 256 --num-classes 10 --classifier gap --batch-size 128 --compare torch
@@ -42,11 +42,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness as h
-import probes
+if __package__ in (None, ""):  # run as a script (python bench/train_step.py): the repository root on sys.path,
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that `bench` imports as a package
 
-SUITES = {"issue10": {  # name -> (geometry options, steps per round)
-    name: (h.geometry_args(name), 2 if name == "ti16_b32" else 3) for name in h.ISSUE10_GEOMETRIES}}
+from bench import harness as h  # noqa: E402
+from bench import probes  # noqa: E402
+
+SUITES = {"small-vits": {  # name -> (geometry options, steps per round)
+    name: (h.geometry_args(name), 2 if name == "ti16_b32" else 3) for name in h.SUITE_GEOMETRIES}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +104,8 @@ def measure(args) -> dict:
     res = {"process": setup(args.mode)}
     import numpy as np
 
-    from scratchvit import cpu, flops
+    from bench import flops
+    from scratchvit import cpu
 
     cfg = h.make_config(args)
     images, labels = h.make_batch(cfg, args.batch_size, args.dtype, args.seed)
@@ -371,8 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
                 line(r) for r in res[name].get("modes", {"": res[name]}).values()]
             print("\n".join(text), flush=True)
             lines += text
-            _write(out_dir / f"{args.suite}_{name}.json", res[name])
-        _write(out_dir / f"{args.suite}_summary.txt", "\n".join(lines) + "\n")
+            _write(out_dir / f"train_step_{args.suite}_{name}.json", res[name])
+        _write(out_dir / f"train_step_{args.suite}_summary.txt", "\n".join(lines) + "\n")
     else:
         res = run(argv, args)
         for r in res.get("modes", {"": res}).values() if args.mode != "gpu" else ():  # gpu: printed already

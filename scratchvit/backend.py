@@ -22,6 +22,8 @@ from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namesp
 from array_api_compat import device as device_of
 from array_api_compat import to_device as _move
 
+from . import cpu
+
 DEVICES = ("cpu", "gpu")  # what the command line offers
 ALL_DEVICES = DEVICES + ("strict",)
 DTYPES = ("float32", "float64")
@@ -39,7 +41,7 @@ def namespace(*arrays):
     Raises:
         TypeError: arrays of different libraries, or no array at all.
     """
-    return array_namespace(*(a for a in arrays if a is not None and not isinstance(a, (int, float))))
+    return array_namespace(*(a for a in arrays if a is not None and type(a) not in (bool, int, float)))
 
 
 def is_numpy(xp) -> bool:
@@ -53,14 +55,15 @@ def is_cupy(xp) -> bool:
 
 
 def check_dtype(dtype) -> np.dtype:
-    """Validate a floating dtype name ("float32" or "float64"); return it as ``np.dtype``.
+    """Validate a floating dtype name ("float32" or "float64" for parameters; "float16" for the compute
+    copy of mixed precision); return it as ``np.dtype``.
 
     Raises:
         ValueError: for any other dtype.
     """
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
     if name not in DTYPES + ("float16",):
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {DTYPES} (or float16 for mixed precision), got {dtype!r}")
     return np.dtype(name)
 
 
@@ -101,7 +104,9 @@ def _strict():
 
 def module_for(device: str):
     """The array-API namespace of ``device``: "cpu" -> ``array_api_compat.numpy``, "gpu" -> CuPy's
-    (``array_api_compat.cupy``), "strict" -> ``array_api_strict``.
+    (``array_api_compat.cupy``), "strict" -> ``array_api_strict``. The first "cpu" applies the CPU
+    settings (:func:`scratchvit.cpu.configure`), whatever the entry point: a model built in a notebook
+    runs as fast as the command line's.
 
     Raises:
         ValueError: unknown device name.
@@ -110,6 +115,7 @@ def module_for(device: str):
     if device not in ALL_DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "cpu":
+        cpu.configure()  # selecting the CPU applies its process-wide settings, once (scratchvit/cpu.py)
         return array_namespace(np.empty(0))
     if device == "gpu":
         return array_namespace(cupy_or_error().empty(0))
@@ -140,8 +146,8 @@ def _device_name(array) -> str:
 def to_numpy(array) -> np.ndarray:
     """``array`` (NumPy, CuPy or array-api-strict, any shape) as a NumPy array: a device-to-host copy
     for device arrays, the array itself for a NumPy one. The one place data leaves a device."""
-    if isinstance(array, np.ndarray):
-        return array
+    if isinstance(array, (np.ndarray, np.generic)):
+        return np.asarray(array)
     name = _device_name(array)
     if name == "gpu":
         return array.get()

@@ -29,12 +29,15 @@ answering (sleep) before the gradient allreduce of step STEP, to check the timeo
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
 import time
 
 import numpy as np
+
+from .backend import namespace
 
 # Environment variables set by the launchers (Open MPI, MPICH/Hydra and Intel MPI, PMIx, Slurm's PMI).
 SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
@@ -204,20 +207,24 @@ def init(distributed: str = "auto", timeout: float = 300.0, device: str = "cpu")
     return MPI(_mpi.COMM_WORLD, timeout, device)
 
 
-def flatten(grads: dict, loss: float, xp, stop: float = 0.0):
-    """One contiguous 1-D buffer: every gradient in ``grads``' order, then the loss, then ``stop`` (1.0
-    where this rank was asked to stop, by Ctrl-C; after the allreduce it is above 0 when any rank was):
-    the allreduce's payload."""
-    parts = [g.reshape(-1) for g in grads.values()]
+def flatten(grads: dict, loss, stop):
+    """One contiguous 1-D buffer on the gradients' device: every gradient in ``grads``' order, then the
+    loss (0-d array), then ``stop`` (0-d array: 1.0 where this rank was asked to stop, by Ctrl-C; after
+    the allreduce it is above 0 when any rank was): the allreduce's payload, in the gradients' dtype."""
+    parts = [g for g in grads.values()]
+    xp = namespace(*parts)
     dtype = parts[0].dtype
-    return xp.concatenate(parts + [xp.asarray([loss, stop], dtype=dtype)])
+    tail = [xp.reshape(xp.astype(v, dtype), (1,)) for v in (loss, stop)]
+    return xp.concat([xp.reshape(g, (-1,)) for g in parts] + tail)
 
 
-def unflatten(buf, grads: dict) -> tuple[float, dict]:
-    """(loss, {name: view of buf shaped like grads[name]}): the inverse of :func:`flatten` (``stop`` is
-    ``buf[-1]``)."""
+def unflatten(buf, grads: dict):
+    """(loss, {name: view of buf shaped like grads[name]}, stop): the inverse of :func:`flatten`, the loss
+    and stop flag as 0-d arrays on the buffer's device (nothing is read back to the host)."""
+    xp = namespace(buf)
     out, offset = {}, 0
     for k, g in grads.items():
-        out[k] = buf[offset:offset + g.size].reshape(g.shape)
-        offset += g.size
-    return float(buf[offset]), out
+        size = math.prod(g.shape)
+        out[k] = xp.reshape(buf[offset:offset + size], g.shape)
+        offset += size
+    return buf[offset], out, buf[offset + 1]

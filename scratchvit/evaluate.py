@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cpu
-from .backend import to_numpy
+from .backend import to_device, to_numpy
 
 
 def open_dataset(name: str, data_dir=None, image_size: int | None = None, skip_bad_images: bool = False, log=None):
@@ -63,9 +63,12 @@ def evaluate(model, images, labels, batch_size: int = 256, progress: bool = Fals
             it = tqdm(batches, total=batches.steps_per_epoch, desc="eval", leave=False)
         for _, x, y in it:
             logits = model.forward(x)
-            loss, _ = ops.softmax_cross_entropy_forward(logits, model.xp.asarray(y))
-            total_loss += float(loss) * len(y)
-            preds.append(to_numpy(logits.argmax(axis=1)).astype(np.int64))
+            loss, _ = ops.softmax_cross_entropy_forward(logits, to_device(y, model.device))
+            xp = model.xp
+            pred = xp.astype(xp.argmax(logits, axis=1), xp.float64)
+            both = to_numpy(xp.concat([xp.reshape(xp.astype(loss, xp.float64), (1,)), pred]))  # one read a batch
+            total_loss += float(both[0]) * len(y)
+            preds.append(both[1:].astype(np.int64))
             seen.append(y)
     preds = np.concatenate(preds) if preds else np.empty(0, np.int64)
     seen = np.concatenate(seen) if seen else np.empty(0, np.int64)

@@ -13,8 +13,10 @@ initialisation (official ``vit_jax/models_vit.py``) live in :mod:`scratchvit.par
 """
 from __future__ import annotations
 
-from . import cpu, ops
-from .backend import check_dtype, module_for, to_device
+import numpy as np
+
+from . import ops, step
+from .backend import check_dtype, device_object, module_for, to_device
 from .checkpoint import load_checkpoint
 from .configs import ViTConfig, get_config
 from .params import ATTN, ATTN_KEYS, MLP, POSEMB, block_prefix, check_params, init_params, param_shapes
@@ -26,8 +28,10 @@ class ViT:
     Attributes:
         config: the :class:`~scratchvit.configs.ViTConfig` geometry.
         params: dict, official parameter name -> array (float32 or float64, on the device).
-        device: "cpu" or "gpu".
+        device: "cpu", "gpu" (or "strict": array-api-strict's non-CPU device, for tests).
         dtype: numpy dtype of parameters and activations.
+        xp: the array-API namespace of the parameters (:func:`scratchvit.backend.module_for`).
+        device_object: the namespace's device, the ``device=`` of arrays created for this model.
     """
 
     def __init__(self, config: "ViTConfig | str", seed: int = 0, device: str = "cpu", dtype="float32",
@@ -47,8 +51,7 @@ class ViT:
         self.dtype = check_dtype(dtype)
         self.xp = module_for(device)
         self.device = device
-        if device == "cpu":
-            cpu.configure()  # process-wide CPU settings, once (scratchvit/cpu.py; SCRATCHVIT_NO_CPU_TUNING=1: off)
+        self.device_object = device_object(device)
         if params is None:
             params = init_params(self.config, seed)
         check_params(params, self.config)
@@ -103,7 +106,7 @@ class ViT:
         x, caches["embedding"] = ops.patch_embedding_forward(x, p["embedding/kernel"], p["embedding/bias"])
         B = x.shape[0]
         if c.classifier == "token":
-            x = xp.concatenate([xp.broadcast_to(p["cls"], (B, 1, c.hidden_size)), x], axis=1)
+            x = xp.concat([xp.broadcast_to(p["cls"], (B, 1, c.hidden_size)), x], axis=1)
         x += p[POSEMB]
 
         # Eq. 2-3: L pre-norm encoder blocks; the residual stream x is updated in place.
@@ -178,7 +181,7 @@ class ViT:
         Returns:
             dict with the same keys and shapes as ``params`` (and "images" when ``need_dinput``).
         """
-        c, p = self.config, self.params
+        c, p, xp = self.config, self.params, self.xp
         g = {}
         # Eq. 4 backward: head, optional tanh pre-logits, pooling, final layer norm.
         dx, g["head/kernel"], g["head/bias"] = ops.dense_backward(dlogits, caches["head"])
@@ -207,9 +210,9 @@ class ViT:
             dx += dh
 
         # Eq. 1 backward: position embedding, class token, patch embedding.
-        g[POSEMB] = dx.sum(axis=0, keepdims=True)
+        g[POSEMB] = xp.sum(dx, axis=0, keepdims=True)
         if c.classifier == "token":
-            g["cls"] = dx[:, :1].sum(axis=0, keepdims=True)
+            g["cls"] = xp.sum(dx[:, :1], axis=0, keepdims=True)
             dx = dx[:, 1:]
         dimages, g["embedding/kernel"], g["embedding/bias"] = ops.patch_embedding_backward(
             dx, caches["embedding"], need_dx=need_dinput)
@@ -218,43 +221,68 @@ class ViT:
             grads["images"] = dimages
         return grads
 
+    def part_loss_and_grads(self, images, labels, weight: float = 1.0, label_smoothing: float = 0.0,
+                            loss_scale: float = 1.0, need_dinput: bool = False):
+        """One forward and backward pass over a part of a batch, its mean loss weighted by ``weight``.
+
+        The building block of :func:`scratchvit.step.loss_and_grads`: ``weight`` (the part's share of
+        the batch, rows / B) times ``loss_scale`` is the upstream gradient of the cross-entropy, so
+        the gradients of the parts sum to those of the whole batch.
+
+        Args:
+            images: (b, H, W, 3) on the model's device, in its dtype; labels: (b,) integers there.
+            weight, loss_scale: see above (the loss is weighted, not scaled).
+
+        Returns:
+            (weight * mean loss as a 0-d array on the device, {name: gradient} like ``params``, plus
+            "images" when ``need_dinput``).
+        """
+        logits, caches = self._forward(images, keep_cache=True)
+        loss, ce = ops.softmax_cross_entropy_forward(logits, labels, label_smoothing)
+        dlogits = ops.softmax_cross_entropy_backward(ce, weight * loss_scale)
+        return loss * weight, self.backward(dlogits, caches, need_dinput=need_dinput)
+
     def loss_and_grads(self, images, labels, need_dinput: bool = False, label_smoothing: float = 0.0):
         """Mean softmax cross-entropy of the batch and its gradient for every parameter.
 
+        On the CPU the batch runs in shards on scratchvit's threads (:func:`scratchvit.step.loss_and_grads`):
+        the same sums in another order.
+
         Args:
             images: (B, H, W, 3) float in [-1, 1] (see :meth:`forward`).
-            labels: (B,) integers in [0, num_classes).
+            labels: (B,) integers in [0, num_classes), NumPy (checked on the host) or on the model's device.
             need_dinput: also return d loss / d images under the key "images" (gradient checks).
             label_smoothing: eps in [0, 1) of :func:`scratchvit.ops.softmax_cross_entropy_forward`.
 
         Returns:
-            (loss as a Python float, grads: dict with the same keys and shapes as ``params``).
+            (loss as a Python float: one device-to-host read, grads: dict with the same keys and shapes
+            as ``params``).
 
         Raises:
             ValueError: bad images (see :meth:`forward`), labels of the wrong shape or out of range, or
                 label_smoothing outside [0, 1).
         """
-        images, labels = self._images(images), to_device(labels, self.device)
+        images = self._images(images)
         B = images.shape[0]
-        if labels.shape != (B,):
+        if tuple(labels.shape) != (B,):
             raise ValueError(f"cross-entropy: labels must have shape ({B},), got {tuple(labels.shape)}")
+        if isinstance(labels, np.ndarray):
+            step.check_labels(labels, self.config.num_classes)
+        loss, grads = step.loss_and_grads(self, images, to_device(labels, self.device),
+                                          label_smoothing=label_smoothing, need_dinput=need_dinput)
+        return float(loss), grads
 
-        def shard(s, e):  # the loss of a shard, weighted by its share of the batch, and its gradients
-            logits, caches = self._forward(images[s:e], keep_cache=True)
-            loss, ce = ops.softmax_cross_entropy_forward(logits, labels[s:e], label_smoothing)
-            dlogits = ops.softmax_cross_entropy_backward(ce, (e - s) / B)
-            return float(loss) * (e - s) / B, self.backward(dlogits, caches, need_dinput=need_dinput)
+    def cast(self, dtype) -> "ViT":
+        """This model with its parameters in ``dtype`` ("float16" for mixed precision; a copy of each
+        array, or this model itself when the dtype is already its own). The copy's updates do not
+        reach this model's parameters.
 
-        # On the CPU, shards of the batch run forward+backward on scratchvit's threads (cpu.split_batch).
-        (loss, grads), *rest = cpu.split_batch(shard, B, on_cpu=self.device == "cpu")
-        for shard_loss, g in rest:
-            loss += shard_loss
-            for k in grads:
-                if k == "images":
-                    grads[k] = self.xp.concatenate([grads[k], g[k]])
-                else:
-                    grads[k] += g[k]
-        return loss, grads
+        Raises:
+            ValueError: a dtype other than float16, float32, float64.
+        """
+        if check_dtype(dtype) == self.dtype:
+            return self
+        return ViT(self.config, device=self.device, dtype=dtype, params=self.params)
 
     def num_params(self) -> int:
         """Number of scalar parameters."""

@@ -1,4 +1,4 @@
-"""Hand-written optimisers, gradient clipping and learning-rate schedules.
+"""Hand-written optimisers, gradient clipping and learning-rate schedules: nothing else.
 
 - :class:`SGD`: SGD with momentum (the paper's fine-tuning optimiser, Appendix B.1.1), optional
   decoupled weight decay.
@@ -9,15 +9,16 @@
   ``vit_jax/utils.py: create_learning_rate_schedule``.
 
 Optimiser state is a flat dict of arrays keyed by ``"<slot>/<parameter name>"`` (plus ``"count"``
-for AdamW), so it is saved and restored like the parameters. All updates are in place.
+for AdamW), so it is saved and restored like the parameters. All state lives on the parameters'
+device and every update is in place, written on the array API: nothing here reads a value back to
+the host (the step count, the bias corrections and the clipping factor are device arrays too).
+How a batch is split and its gradients summed is :mod:`scratchvit.step`'s business.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from .backend import get_xp
+from .backend import device_of, namespace
 
 
 class SGD:
@@ -35,11 +36,12 @@ class SGD:
         self.momentum, self.weight_decay = momentum, weight_decay
 
     def init(self, params: dict) -> dict:
-        """Zero momentum buffers: {"momentum/<name>": zeros like params[name]}."""
-        return {f"momentum/{k}": get_xp(v).zeros_like(v) for k, v in params.items()}
+        """Zero momentum buffers: {"momentum/<name>": zeros like params[name]}, on its device."""
+        return {f"momentum/{k}": namespace(v).zeros_like(v) for k, v in params.items()}
 
     def update(self, params: dict, grads: dict, state: dict, lr: float) -> None:
-        """One step, in place on ``params`` and ``state``. ``lr`` is the step's learning rate."""
+        """One step, in place on ``params`` and ``state`` (arrays on one device, ``grads`` in the
+        parameters' dtype). ``lr``: the step's learning rate, a Python float."""
         for k, p in params.items():
             m = state[f"momentum/{k}"]
             m *= self.momentum
@@ -65,33 +67,35 @@ class AdamW:
         self.b1, self.b2, self.eps, self.weight_decay = b1, b2, eps, weight_decay
 
     def init(self, params: dict) -> dict:
-        """{"mu/<name>": zeros, "nu/<name>": zeros, "count": 0 (int64 0-d array)}."""
-        xp = get_xp(*params.values())
+        """{"mu/<name>": zeros, "nu/<name>": zeros, "count": 0 (int64 0-d array)}, all on the parameters' device."""
         state = {}
         for k, v in params.items():
+            xp = namespace(v)
             state[f"mu/{k}"] = xp.zeros_like(v)
             state[f"nu/{k}"] = xp.zeros_like(v)
-        state["count"] = np.zeros((), np.int64)
+            state["count"] = xp.zeros((), dtype=xp.int64, device=device_of(v))
         return state
 
     def update(self, params: dict, grads: dict, state: dict, lr: float) -> None:
-        """One step, in place on ``params`` and ``state``."""
-        state["count"] = state["count"] + 1
-        t = int(state["count"])
+        """One step, in place on ``params`` and ``state``. The step count t and the bias corrections
+        1 - b^t are device arrays (float64, then cast to each parameter's dtype): no host read."""
+        count = state["count"]
+        xp = namespace(count)
+        count += 1
+        t = xp.astype(count, xp.float64)
         c1, c2 = 1.0 - self.b1 ** t, 1.0 - self.b2 ** t
-        xp = get_xp(*params.values())
         for k, p in params.items():
             g, m, v = grads[k], state[f"mu/{k}"], state[f"nu/{k}"]
             m *= self.b1
             m += (1.0 - self.b1) * g
             v *= self.b2
             v += (1.0 - self.b2) * (g * g)
-            denom = xp.sqrt(v / c2)
+            denom = xp.sqrt(v / xp.astype(c2, v.dtype))
             denom += self.eps
             if self.weight_decay:
                 p *= 1.0 - lr * self.weight_decay
             step = m / denom
-            step *= lr / c1
+            step *= xp.astype(lr / c1, m.dtype)
             p -= step
 
 
@@ -109,30 +113,43 @@ def make_optimizer(name: str, weight_decay: float = 0.0, **kwargs):
     return OPTIMIZERS[name](weight_decay=weight_decay, **kwargs)
 
 
-def global_norm(grads: dict) -> float:
-    """sqrt(sum over all arrays of sum(g^2)): each array's sum of squares is one dot product in the
-    array's dtype (BLAS), the sum over the arrays is a Python float (float64) on the host."""
-    total = 0.0
+def global_norm(grads: dict):
+    """sqrt(sum over all arrays of sum(g^2)), a float64 0-d array on the gradients' device.
+
+    Each array's sum of squares is one dot product ``g @ g`` in the array's dtype (BLAS on the CPU),
+    the sum over the arrays is in float64. Nothing is read back to the host: the caller reads the
+    norm (with the loss) once per step. NaN or inf if any gradient is.
+    """
+    total = None
     for g in grads.values():
-        flat = g.reshape(-1)
-        total += float(flat @ flat)
-    return math.sqrt(total)
+        xp = namespace(g)
+        flat = xp.reshape(g, (-1,))
+        sq = xp.astype(flat @ flat, xp.float64)
+        total = sq if total is None else total + sq
+    return xp.sqrt(total)
 
 
-def clip_by_global_norm(grads: dict, max_norm: float) -> float:
-    """Scale all gradients in place by min(1, max_norm / global_norm) (optax ``clip_by_global_norm``).
+def clip_by_global_norm(grads: dict, max_norm: float, norm=None):
+    """Scale all gradients in place by min(1, max_norm / global_norm) (optax ``clip_by_global_norm``),
+    the factor a device array: no host read, no branch on the norm's value.
 
     Args:
+        grads: {name: array}, float arrays on one device.
         max_norm: the largest allowed global norm; None or <= 0 disables clipping.
+        norm: the global norm if already computed (:func:`global_norm`), else computed here.
 
     Returns:
-        The global norm before clipping (a float; NaN or inf if a gradient is).
+        The global norm before clipping, a float64 0-d array on the gradients' device (NaN or inf if
+        a gradient is; then the gradients are left as they are).
     """
-    norm = global_norm(grads)
-    if max_norm and max_norm > 0 and norm > max_norm:
-        scale = max_norm / norm
+    if norm is None:
+        norm = global_norm(grads)
+    if max_norm and max_norm > 0:
+        xp = namespace(norm)
+        factor = max_norm / xp.maximum(norm, xp.asarray(max_norm, dtype=norm.dtype, device=device_of(norm)))
+        factor = xp.where(xp.isfinite(factor), factor, xp.ones_like(factor))
         for g in grads.values():
-            g *= scale
+            g *= xp.astype(factor, g.dtype)
     return norm
 
 
@@ -166,54 +183,3 @@ def learning_rate(step: int, base_lr: float, total_steps: int, warmup_steps: int
     if warmup_steps:
         lr = lr * min(1.0, step / warmup_steps)
     return lr
-
-
-def weight_share(loss: float, grads: dict, rows: int, total: int, parts: int) -> float:
-    """Weight the mean loss and gradients of ``rows`` of ``total`` images, one of ``parts`` parts whose
-    plain average is taken next (micro-batches, MPI ranks), by ``rows * parts / total``: the average
-    is then the mean over all ``total`` images even when the parts differ in size. Scales ``grads``
-    in place; returns the weighted loss."""
-    w = rows * parts / total
-    for g in grads.values():
-        g *= w
-    return loss * w
-
-
-def accumulate_gradient(model, images, labels, accum_steps: int, label_smoothing: float = 0.0):
-    """Mean loss and gradients of a batch computed in ``accum_steps`` equal micro-batches, as the official
-    ``vit_jax/utils.py: accumulate_gradient``: the same result as one pass over the whole batch (up to
-    rounding), with the activation memory of one micro-batch.
-
-    Args:
-        model: a :class:`scratchvit.ViT` (``loss_and_grads(images, labels) -> (float, {name: array})``).
-        images: (B, H, W, 3); labels: (B,) int, B >= ``accum_steps``. When B does not divide (a batch
-            that ``--skip-bad-images`` left shorter), the micro-batches differ by one image and each
-            is weighted by its size, so the result is still the mean over the B images.
-        label_smoothing: passed on to ``model.loss_and_grads``.
-
-    Returns:
-        (loss: float, grads: {name: array like the parameter}), both means over the B images.
-
-    Raises:
-        ValueError: fewer images than micro-batches.
-    """
-    if accum_steps == 1:
-        return model.loss_and_grads(images, labels, label_smoothing=label_smoothing)
-    b = len(labels)
-    if b < accum_steps:
-        raise ValueError(f"a batch of {b} images cannot make {accum_steps} micro-batches (--accum-steps)")
-    bounds = [b * i // accum_steps for i in range(accum_steps + 1)]
-    total_loss, total = 0.0, None
-    for lo, hi in zip(bounds, bounds[1:]):
-        loss, grads = model.loss_and_grads(images[lo:hi], labels[lo:hi], label_smoothing=label_smoothing)
-        if b % accum_steps:  # unequal micro-batches: weight each mean by its share (1 when equal)
-            loss = weight_share(loss, grads, hi - lo, b, accum_steps)
-        total_loss += loss
-        if total is None:
-            total = grads
-        else:
-            for k, g in grads.items():
-                total[k] += g
-    for g in total.values():
-        g /= accum_steps
-    return total_loss / accum_steps, total

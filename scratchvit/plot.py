@@ -4,8 +4,9 @@
 
 Each argument is a run folder (holding ``metrics.jsonl``, as ``scratchvit.train --out`` writes) or
 a ``metrics.jsonl`` file itself. Rows are JSON objects with ``step``, ``split`` ("train", "val" or
-"test"), ``loss`` and, for val/test, ``accuracy``. The figure has two panels, loss and accuracy;
-training rows are solid lines, validation dashed, test a marker; one colour per run. Needs
+"test"), ``loss`` and, for val/test, ``accuracy``. The figure has two panels, loss and accuracy
+(in %) against the training step; training rows are solid lines, validation dashed, test a marker;
+one colour per run, named in the legend (the run folder's name) and in the title. Needs
 matplotlib (``pip install -e ".[plot]"``): without it, one line on stderr and exit code 2, as for
 a missing or malformed metrics file. The PNG is written atomically (temporary file, then rename).
 """
@@ -75,12 +76,21 @@ def _import_pyplot():
     return plt
 
 
-def plot_runs(runs: dict[str, dict], out) -> None:
-    """Draw loss and accuracy against step for every run into the PNG ``out``, atomically.
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+STEP_LABEL = "training step (optimiser updates)"
+LOSS_LABEL = "loss (cross-entropy, nats per image)"
+ACCURACY_LABEL = "accuracy (% of images)"
+
+
+def figure(runs: dict[str, dict]):
+    """The matplotlib Figure of the curves: loss and accuracy against the training step for every run.
 
     Args:
-        runs: run label -> :func:`read_metrics` result.
-        out: destination path ending in ".png".
+        runs: run label -> :func:`read_metrics` result; the label names the run in the legends and title.
+
+    Returns:
+        a Figure with two Axes, loss and accuracy, their axes labelled with units and a legend whose
+        entries read "<run> training", "<run> validation", "<run> test". The caller closes it.
 
     Raises:
         InputError: matplotlib is missing.
@@ -93,21 +103,37 @@ def plot_runs(runs: dict[str, dict], out) -> None:
             d = m[split]
             if not d["step"]:
                 continue
-            ax_loss.plot(d["step"], d["loss"], style, color=colour, label=f"{label} {split}")
+            name = f"{label} {SPLIT_NAMES[split]}"
+            ax_loss.plot(d["step"], d["loss"], style, color=colour, label=name)
             acc = [(s, 100 * a) for s, a in zip(d["step"], d["accuracy"], strict=True) if a is not None]
             if acc:
-                ax_acc.plot(*zip(*acc, strict=True), style, color=colour, label=f"{label} {split}")
-    ax_loss.set(xlabel="step", ylabel="loss (cross-entropy)", title="loss")
-    ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
+                ax_acc.plot(*zip(*acc, strict=True), style, color=colour, label=name)
+    ax_loss.set(xlabel=STEP_LABEL, ylabel=LOSS_LABEL, title="loss")
+    ax_acc.set(xlabel=STEP_LABEL, ylabel=ACCURACY_LABEL, title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+    fig.suptitle("training curves: " + ", ".join(runs), fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_runs(runs: dict[str, dict], out) -> None:
+    """Draw loss and accuracy against step for every run (:func:`figure`) into the PNG ``out``, atomically.
+
+    Args:
+        runs: run label -> :func:`read_metrics` result.
+        out: destination path ending in ".png".
+
+    Raises:
+        InputError: matplotlib is missing.
+    """
+    fig = figure(runs)
     try:
         write_atomic(out, lambda f: fig.savefig(f, format="png"))
     finally:
-        plt.close(fig)
+        _import_pyplot().close(fig)
 
 
 def main(argv=None) -> int:

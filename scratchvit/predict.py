@@ -21,12 +21,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from . import ops
 from .backend import get_xp, to_numpy
 from .data import load_image, to_float
+from .files import write_atomic
 from .model import ViT
-from .rollout import attention_rollout, overlay_panel, save_png_atomic
+from .rollout import attention_rollout, overlay_panel
 from .runs import run_gelu, run_info
 
 IMAGENET_LABELS = Path(__file__).resolve().parent / "labels" / "imagenet1k.txt"
@@ -124,21 +126,80 @@ def predict(model: ViT, images: np.ndarray, names: list[str], top_k: int = 5) ->
             for row, p in zip(order, probs, strict=True)]
 
 
-def attention_map(model: ViT, images: np.ndarray) -> np.ndarray:
-    """One picture: per image a row with the input and its attention rollout overlaid.
+CAPTION_HEIGHT = 22  # pixels of the white strip above each row of an attention map that holds its caption
+
+
+def caption(file, top: dict) -> str:
+    """The caption of an image's row in an attention map: its file name, its top class and probability,
+    e.g. "boot.png: ankle boot 90.1%"."""
+    return f"{Path(file).name}: {top['name']} {100 * top['probability']:.1f}%"
+
+
+def _caption_font():
+    try:
+        return ImageFont.load_default(size=15)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def fit_caption(text: str, width: int) -> str:
+    """``text`` as drawn in a strip ``width`` pixels wide: too wide a caption loses the middle of its file
+    name (the part before the first ": "), replaced by "...", so that the class and probability stay;
+    if that is not enough, its end."""
+    font, draw = _caption_font(), ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    name, sep, rest = text.partition(": ")
+    if not sep:
+        name, rest = "", text
+    shown = text
+    while len(name) > 2 and draw.textlength(shown, font=font) > width - 8:
+        name = name[:len(name) // 2 - 1] + name[len(name) // 2:]  # drop the middle character
+        shown = f"{name[:len(name) // 2]}...{name[len(name) // 2:]}{sep}{rest}"
+    while len(shown) > 3 and draw.textlength(shown, font=font) > width - 8:
+        shown = shown[:-4] + "..."
+    return shown
+
+
+def _caption_strip(text: str, width: int) -> np.ndarray:
+    """(CAPTION_HEIGHT, width, 3) uint8: ``text`` (:func:`fit_caption`) in black on white."""
+    strip = Image.new("RGB", (width, CAPTION_HEIGHT), "white")
+    ImageDraw.Draw(strip).text((4, 3), fit_caption(text, width), fill="black", font=_caption_font())
+    return np.asarray(strip)
+
+
+def attention_map(model: ViT, images: np.ndarray, captions: list[str] | None = None) -> np.ndarray:
+    """One picture: per image a row with the input and its attention rollout overlaid, captioned.
 
     Args:
         model: the classifier. images: (B, S, S, 3) uint8 RGB, S = model.config.image_size.
+        captions: one line per image (:func:`caption`: file name, top class and probability), drawn in a
+            white strip of :data:`CAPTION_HEIGHT` pixels above its row; None: no strips.
 
     Returns:
         (H, W, 3) uint8 RGB: the rows of :func:`scratchvit.rollout.overlay_panel`, one per image, top
-        to bottom, 8 white pixels apart. The rollout runs :data:`BATCH` images at a time.
+        to bottom, each under its caption, 8 white pixels apart. The rollout runs :data:`BATCH` images
+        at a time.
+
+    Raises:
+        ValueError: ``captions`` does not hold one line per image.
     """
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"attention_map: {len(captions)} captions for {len(images)} images")
     maps = np.concatenate([attention_rollout(model.attention_probabilities(x), model.config.classifier)
                            for x in _chunks(images)])
     rows = [overlay_panel(im, m) for im, m in zip(images, maps, strict=True)]
+    if captions is not None:
+        rows = [np.concatenate([_caption_strip(c, row.shape[1]), row]) for c, row in zip(captions, rows, strict=True)]
     gap = np.full((8, rows[0].shape[1], 3), 255, np.uint8)
     return np.concatenate([part for row in rows for part in (gap, row)][1:], axis=0)
+
+
+def save_attention_map(path, rgb: np.ndarray, captions: list[str]) -> None:
+    """Write an attention map to the PNG ``path`` atomically, its captions also in the PNG's text
+    (``Title`` "attention rollout", ``Description`` one caption a line), for programs that read it."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", "attention rollout")
+    info.add_text("Description", "\n".join(captions))
+    write_atomic(path, lambda f: Image.fromarray(rgb).save(f, format="PNG", pnginfo=info))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -182,7 +243,8 @@ def main(argv=None) -> int:
         return 2
     results = predict(model, images, names, args.top_k)
     if args.attention_map is not None:
-        save_png_atomic(args.attention_map, attention_map(model, images))
+        captions = [caption(f, r[0]) for f, r in zip(args.images, results, strict=True)]
+        save_attention_map(args.attention_map, attention_map(model, images, captions), captions)
     if args.json:
         doc = {"checkpoint": str(args.checkpoint), "attention_map": args.attention_map,
                "predictions": [{"image": f, "top_k": r} for f, r in zip(args.images, results, strict=True)]}

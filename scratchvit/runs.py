@@ -78,7 +78,7 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, seed: int) -> None:
+def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, seed: int, loss_scale=None) -> None:
     """last.npz (parameters, official layout, model dtype), then state.npz (the same parameters, the
     optimiser state, step, best validation accuracy, seed), each written atomically.
 
@@ -91,11 +91,14 @@ def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, se
     arrays["step"] = np.array(step, np.int64)
     arrays["best_val_accuracy"] = np.array(best_val, np.float64)
     arrays["seed"] = np.array(seed, np.int64)
+    if loss_scale is not None:  # fp16: the dynamic loss scale (scratchvit.step.LossScale)
+        arrays.update(loss_scale.state())
     save_npz_atomic(out / "state.npz", arrays)
 
 
-def load_state(out: Path, model, opt_state: dict) -> tuple[int, float]:
-    """Restore parameters and optimiser state from state.npz in place; return (step, best_val_accuracy).
+def load_state(out: Path, model, opt_state: dict, loss_scale=None) -> tuple[int, float]:
+    """Restore parameters, optimiser state (and an fp16 run's ``loss_scale``, a
+    :class:`scratchvit.step.LossScale`) from state.npz in place; return (step, best_val_accuracy).
 
     A state.npz written before it held the parameters (older runs) takes them from last.npz.
 
@@ -124,5 +127,7 @@ def load_state(out: Path, model, opt_state: dict) -> tuple[int, float]:
         model.params[k] = to_device(params[k], model.device, model.dtype)
     for k in list(opt_state):
         saved = st[f"opt/{k}"]
-        opt_state[k] = saved if k == "count" else to_device(saved, model.device, model.dtype)
+        opt_state[k] = to_device(saved, model.device, None if k == "count" else model.dtype)
+    if loss_scale is not None:
+        loss_scale.restore(st)
     return int(st["step"]), float(st["best_val_accuracy"])

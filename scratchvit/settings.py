@@ -15,6 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from .backend import PRECISIONS
 from .checks import check_positive_int
 from .configs import MODELS
 from .optim import SCHEDULES
@@ -36,6 +37,9 @@ class TrainSettings:
 
     device: str = setting("cpu", 0, "cpu (NumPy) or gpu (CuPy)", ("cpu", "gpu"))
     dtype: str = setting("float32", 0, "parameters and activations", ("float32", "float64"))
+    precision: str = setting("fp32", 0, "fp32: everything in --dtype; fp16: mixed precision, float16 forward and "
+                             "backward on float32 master parameters with dynamic loss scaling (needs --dtype "
+                             "float32)", PRECISIONS)
     seed: int = setting(0, 0, "seeds the initialisation, the validation split, the data order and the augmentation")
     dataset: str = setting("cifar10", 1, "dataset", ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder"))
     data_dir: str = setting(None, 1, "where the dataset files are; for imagefolder: ROOT with train/ and test/ "
@@ -118,6 +122,9 @@ class TrainSettings:
             if not getattr(self, k) > 0:
                 raise ValueError(f"{flag(k)} must be positive, got {getattr(self, k)}")
         check_positive_int("--seed", self.seed, 0)  # NumPy's generators take seeds >= 0
+        if self.precision == "fp16" and self.dtype != "float32":
+            raise ValueError(f"--precision fp16 keeps float32 master parameters: it needs --dtype float32, "
+                             f"got {self.dtype}")
         if self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("--warmup-steps and --grad-clip must be >= 0")
         if self.epochs is None and self.schedule != "constant" and self.warmup_steps >= self.steps:

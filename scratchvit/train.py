@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import signal
 import sys
 import threading
@@ -42,6 +41,8 @@ from .configs import get_config
 from .evaluate import evaluate, open_dataset
 from .files import write_text_atomic
 from .settings import TrainSettings, resolve_settings
+from .step import LossScale, StepResult
+from .step import train_step as train_one_step
 
 
 def build_model(s: TrainSettings, num_classes: int):
@@ -93,6 +94,8 @@ class Run:
     total_steps: int
     steps_per_epoch: int
     best_val: float = -1.0
+    loss_scale: LossScale | None = None  # fp16 only
+    skipped: int = 0  # fp16 steps skipped for an overflow since the last training record
 
     def lr(self, step: int) -> float:
         """The learning rate of (0-based) step ``step``: warmup then --schedule (optim.learning_rate)."""
@@ -117,34 +120,13 @@ def evaluate_shared(run: Run, images, labels) -> dict:
     return {"loss": loss_sum / max(n, 1), "accuracy": correct / n if n else float("nan"), "seconds": r["seconds"]}
 
 
-def train_step(run: Run, x, y, step: int, stop: bool = False):
-    """One optimiser step on this rank's share of the global batch.
-
-    ``stop``: this rank was asked to stop (Ctrl-C). Under MPI the flag travels with the gradients, so
-    that every rank learns in the same step whether any rank was.
-
-    Returns:
-        (mean loss, gradient norm, stop: True when this rank or, under MPI, any rank asked to stop).
-
-    Raises:
-        FloatingPointError: the (global) loss is not finite; nothing was updated.
-    """
-    model, dist = run.model, run.dist
-    batch = len(y)
-    lo, hi = dist.split_range(batch)  # this rank's rows: all of them in one process
-    loss, grads = optim.accumulate_gradient(model, x[lo:hi], y[lo:hi], run.s.accum_steps, run.s.label_smoothing)
-    if dist.size > 1:
-        if batch % dist.size:  # a batch --skip-bad-images left short: weight each rank's mean by its share
-            loss = optim.weight_share(loss, grads, hi - lo, batch, dist.size)
-        dist.stall_hook(step)
-        buf = dist.allreduce_mean(distributed.flatten(grads, loss, model.xp, float(stop)), step)
-        loss, grads = distributed.unflatten(buf, grads)
-        stop = float(buf[-1]) > 0
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss} at step {step}")
-    gnorm = optim.clip_by_global_norm(grads, run.s.grad_clip)
-    run.opt.update(model.params, grads, run.opt_state, run.lr(step))
-    return loss, gnorm, stop
+def train_step(run: Run, x, y, step: int, stop: bool = False) -> StepResult:
+    """One optimiser step of the run on the global batch (x, y) (host arrays): :func:`scratchvit.step.train_step`
+    with the run's settings. Returns its :class:`~scratchvit.step.StepResult`."""
+    s = run.s
+    return train_one_step(run.model, run.opt, run.opt_state, x, y, run.lr(step), dist=run.dist,
+                          accum_steps=s.accum_steps, label_smoothing=s.label_smoothing, grad_clip=s.grad_clip,
+                          precision=s.precision, loss_scale=run.loss_scale, step=step, stop=stop)
 
 
 @contextlib.contextmanager
@@ -208,13 +190,17 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
                     break
                 assert step_in == step
                 try:
-                    loss, gnorm, stop = train_step(run, x, y, step, stop=bool(pressed))
+                    result = train_step(run, x, y, step, stop=bool(pressed))
                 except FloatingPointError as e:
                     saved = (f"the last good checkpoint is {out / 'last.npz'} (step {last_saved})" if last_saved
                              else "no checkpoint was written before it")
                     raise FloatingPointError(f"{e}; stopping: {saved}. Try a lower --lr") from None
                 step += 1
-                win[0], win[1] = win[0] + loss * len(y), win[1] + len(y)
+                loss, gnorm, stop = result.loss, result.grad_norm, result.stop
+                if result.skipped:  # fp16 overflow: no update; the step counts, its loss does not
+                    run.skipped += 1
+                else:
+                    win[0], win[1] = win[0] + loss * len(y), win[1] + len(y)
                 if bar is not None:
                     bar.update(1)
                     img_s = win[1] / (time.perf_counter() - win[2])
@@ -230,7 +216,7 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
                     f"(python -m scratchvit.train --out {out} --resume)")
             else:
                 if dist.is_main:
-                    runs.save_state(out, run.model, run.opt_state, step, run.best_val, s.seed)
+                    runs.save_state(out, run.model, run.opt_state, step, run.best_val, s.seed, run.loss_scale)
                 log(f"\ninterrupted at step {step}: saved {out / 'last.npz'} and {out / 'state.npz'}; "
                     f"continue with: python -m scratchvit.train --out {out} --resume")
         finally:
@@ -259,9 +245,10 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
     opt = optim.make_optimizer(s.optimizer, weight_decay=s.weight_decay,
                                **({"momentum": s.momentum} if s.optimizer == "sgd" else {}))
     opt_state, step, best_val = opt.init(model.params), 0, -1.0
+    loss_scale = LossScale() if s.precision == "fp16" else None
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / "state.npz").exists():
-        step, best_val = runs.load_state(out, model, opt_state)
+        step, best_val = runs.load_state(out, model, opt_state, loss_scale)
         log(f"resuming {out} at step {step} of {total_steps}")
     elif not resume and dist.is_main:
         (out / "state.npz").unlink(missing_ok=True)  # an earlier run's resume point in this folder is not ours
@@ -269,15 +256,17 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
                           test_images=len(ds.test_labels), total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     metrics = runs.MetricsLog(out / "metrics.jsonl", step if resume else None, enabled=dist.is_main)
     log(describe(s, ds, model, n_train, n_val, total_steps, dist))
-    return Run(s, dist, model, opt, opt_state, metrics, total_steps, steps_per_epoch, best_val), step
+    return Run(s, dist, model, opt, opt_state, metrics, total_steps, steps_per_epoch, best_val, loss_scale), step
 
 
 def validate_and_save(run: Run, val_x, val_y, step: int, win: list, gnorm: float, say) -> None:
     """At an evaluation step: log the training window, evaluate on the validation split, write best.npz
     (if better), last.npz and state.npz (rank 0), and ``say`` a summary line."""
     out, dt = Path(run.s.out), time.perf_counter() - win[2]
-    run.log_metrics(step, "train", loss=win[0] / win[1], lr=run.lr(step - 1), grad_norm=gnorm,
-                    images_per_sec=win[1] / dt)
+    fp16 = {"skipped_steps": run.skipped, "loss_scale": run.loss_scale.scale} if run.loss_scale else {}
+    run.log_metrics(step, "train", loss=win[0] / max(win[1], 1), lr=run.lr(step - 1), grad_norm=gnorm,
+                    images_per_sec=win[1] / dt, **fp16)
+    run.skipped = 0
     r = evaluate_shared(run, val_x, val_y)
     run.log_metrics(step, "val", loss=r["loss"], accuracy=r["accuracy"], lr=run.lr(step),
                     images_per_sec=len(val_y) / r["seconds"])
@@ -286,8 +275,8 @@ def validate_and_save(run: Run, val_x, val_y, step: int, win: list, gnorm: float
         if run.dist.is_main:
             save_checkpoint(out / "best.npz", run.model.params, dtype=None)
     if run.dist.is_main:
-        runs.save_state(out, run.model, run.opt_state, step, run.best_val, run.s.seed)
-    say(f"step {step}/{run.total_steps}  train loss {win[0] / win[1]:.4f}  val loss {r['loss']:.4f}"
+        runs.save_state(out, run.model, run.opt_state, step, run.best_val, run.s.seed, run.loss_scale)
+    say(f"step {step}/{run.total_steps}  train loss {win[0] / max(win[1], 1):.4f}  val loss {r['loss']:.4f}"
         f"  val acc {100 * r['accuracy']:.2f}%  {win[1] / dt:.0f} img/s")
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from test_train import fmnist_dir  # noqa: F401  (fixture: a small Fashion-MNIST in IDX files)
 
-from scratchvit import distributed, optim, train
+from scratchvit import distributed, train
+from scratchvit import step as sv_step
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpirun")
@@ -81,7 +82,7 @@ def test_two_ranks_equal_one_process(fmnist_dir, tmp_path, dtype, rtol):  # noqa
 def test_resume_on_two_ranks_a_run_stopped_on_one(fmnist_dir, tmp_path, monkeypatch):  # noqa: F811
     extra = ("--steps", "8", "--dtype", "float64")
     assert train.main(data_args(fmnist_dir, tmp_path / "straight", *extra)) == 0
-    real, calls = optim.accumulate_gradient, {"n": 0}
+    real, calls = sv_step.loss_and_grads, {"n": 0}
 
     def interrupt_at_step_5(*a, **k):
         calls["n"] += 1
@@ -89,9 +90,9 @@ def test_resume_on_two_ranks_a_run_stopped_on_one(fmnist_dir, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(optim, "accumulate_gradient", interrupt_at_step_5)
+    monkeypatch.setattr(sv_step, "loss_and_grads", interrupt_at_step_5)
     assert train.main(data_args(fmnist_dir, tmp_path / "stopped", *extra)) == 130
-    monkeypatch.setattr(optim, "accumulate_gradient", real)
+    monkeypatch.setattr(sv_step, "loss_and_grads", real)
     r = launch(2, ["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"])
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout and "at step 4 of 8" in r.stdout
@@ -162,11 +163,11 @@ def test_single_process_is_the_identity():
 
 def test_flatten_then_unflatten_round_trips(rng):
     grads = {"a": rng.standard_normal((3, 4)), "b/c": rng.standard_normal(5), "d": rng.standard_normal((2, 1, 2))}
-    buf = distributed.flatten(grads, 1.25, np, stop=1.0)
+    buf = distributed.flatten(grads, np.asarray(1.25), np.asarray(1.0))
     assert buf.shape == (12 + 5 + 4 + 2,) and buf.flags.c_contiguous and buf[-1] == 1.0
     buf *= 2  # the views must see changes to the buffer (the allreduce works in place)
-    loss, views = distributed.unflatten(buf, grads)
-    assert loss == 2.5
+    loss, views, stop = distributed.unflatten(buf, grads)
+    assert loss == 2.5 and stop == 2.0
     for k, g in grads.items():
         np.testing.assert_array_equal(views[k], 2 * g)
         assert np.shares_memory(views[k], buf)

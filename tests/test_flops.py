@@ -1,9 +1,9 @@
-"""The analytic FLOP count (scratchvit/flops.py)."""
+"""The analytic FLOP count of the benchmarks (bench/flops.py)."""
 from __future__ import annotations
 
 import pytest
 
-from scratchvit import flops
+from bench import flops
 from scratchvit.configs import get_config
 
 

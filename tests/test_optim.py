@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import scratchvit as sv
 from scratchvit import optim
 
 
@@ -84,70 +83,3 @@ def test_schedule_shapes():
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
         optim.make_optimizer("lamb")
-
-
-def _small_model(rng):
-    model = sv.ViT(sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_heads=2,
-                                 num_layers=1, mlp_dim=32, num_classes=5), dtype="float64", seed=1)
-    for k in model.params:
-        model.params[k] += rng.standard_normal(model.params[k].shape) * 0.1
-    return model
-
-
-@pytest.mark.parametrize("batch,accum", [(8, 4), (7, 2), (7, 3), (5, 5)])
-def test_accumulate_gradient_equals_one_big_batch(rng, batch, accum):
-    """optim.accumulate_gradient over `accum` micro-batches equals one pass over the batch, also when the
-    batch does not divide (a short batch of --skip-bad-images: micro-batches of 4+3, 2+2+3)."""
-    model = _small_model(rng)
-    images, labels = rng.uniform(-1, 1, (batch, 16, 16, 3)), rng.integers(0, 5, batch)
-    loss, big = model.loss_and_grads(images, labels)
-    loss_acc, acc = optim.accumulate_gradient(model, images, labels, accum)
-    assert loss_acc == pytest.approx(loss, rel=1e-12)
-    for k in big:
-        np.testing.assert_allclose(acc[k], big[k], rtol=1e-9, atol=1e-15)
-
-
-def test_accumulate_gradient_needs_an_image_per_micro_batch(rng):
-    with pytest.raises(ValueError, match="a batch of 3 images cannot make 4 micro-batches"):
-        optim.accumulate_gradient(_small_model(rng), rng.uniform(-1, 1, (3, 16, 16, 3)), np.zeros(3, int), 4)
-
-
-def test_ranks_of_a_short_batch_average_to_the_batch_mean(rng):
-    """train.train_step on 2 ranks with a batch of 7 (shares 3 and 4): each rank weights its mean by its
-    share, so the allreduce's mean over ranks is the whole batch's mean gradient and loss."""
-    import types
-
-    from scratchvit import distributed, train
-
-    class Rank:
-        size, is_main = 2, True
-
-        def __init__(self, rank):
-            self.rank, self.sent = rank, None
-
-        def split_range(self, n):
-            return self.rank * n // self.size, (self.rank + 1) * n // self.size
-
-        def stall_hook(self, step):
-            pass
-
-        def allreduce_mean(self, buf, step=None):
-            self.sent = buf.copy()
-            return buf
-
-    images, labels = rng.uniform(-1, 1, (7, 16, 16, 3)), rng.integers(0, 5, 7)
-    loss, big = _small_model(np.random.default_rng(5)).loss_and_grads(images, labels)
-    sent = []
-    for r in (0, 1):
-        model, dist = _small_model(np.random.default_rng(5)), Rank(r)
-        opt = optim.make_optimizer("sgd")
-        s = types.SimpleNamespace(accum_steps=1, label_smoothing=0.0, grad_clip=0.0)
-        run = types.SimpleNamespace(model=model, dist=dist, s=s, opt=opt, opt_state=opt.init(model.params),
-                                    lr=lambda step: 0.0)
-        train.train_step(run, images, labels, 0)
-        sent.append(dist.sent)
-    mean = (sent[0] + sent[1]) / 2
-    loss_mean, grads = distributed.unflatten(mean, big)
-    assert loss_mean == pytest.approx(loss, rel=1e-12)
-    for k in big:
-        np.testing.assert_allclose(grads[k], big[k], rtol=1e-9, atol=1e-15)

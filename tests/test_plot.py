@@ -33,6 +33,27 @@ def test_writes_a_png_for_several_runs(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "runA", "runB"]
 
 
+def test_figure_names_its_runs_and_labels_its_axes_with_units(tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = {name: plot.read_metrics(write_metrics(tmp_path / name) / "metrics.jsonl") for name in ("runA", "runB")}
+    fig = plot.figure(runs)
+    try:
+        loss, acc = fig.axes[:2]
+        assert loss.get_xlabel() == acc.get_xlabel() == "training step (optimiser updates)"
+        assert loss.get_ylabel() == "loss (cross-entropy, nats per image)"
+        assert acc.get_ylabel() == "accuracy (% of images)"
+        assert (loss.get_title(), acc.get_title()) == ("loss", "accuracy")
+        assert fig._suptitle.get_text() == "training curves: runA, runB"
+        for ax, splits in ((loss, ("training", "validation", "test")), (acc, ("validation", "test"))):
+            legend = [t.get_text() for t in ax.get_legend().get_texts()]
+            assert legend == [f"{run} {split}" for run in ("runA", "runB") for split in splits]
+        assert max(acc.lines[0].get_ydata()) == pytest.approx(70)  # accuracy drawn in %, not as a fraction
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
 def test_default_output_is_next_to_the_first_run(tmp_path):
     pytest.importorskip("matplotlib")
     run = write_metrics(tmp_path / "run")

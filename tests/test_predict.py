@@ -135,8 +135,40 @@ def test_attention_map_png(tmp_path, rng, capsys):
     assert main(["--checkpoint", str(ckpt), "--attention-map", str(out), *files]) == 0
     assert f"attention map: {out}" in capsys.readouterr().out
     with Image.open(out) as im:
-        assert im.size == (2 * 224 + 8, 2 * 224 + 8) and im.mode == "RGB"
+        assert im.size == (2 * 224 + 8, 2 * (predict.CAPTION_HEIGHT + 224) + 8) and im.mode == "RGB"
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".png", ".tmp")) == ["0.png", "1.png", "map.png"]
+
+
+def test_attention_map_rows_are_captioned_with_file_class_and_probability(tmp_path, rng, capsys):
+    """Each row's caption names the image's file, its top class and that class's probability: the same as
+    the predictions printed; the captions are drawn above the rows and kept in the PNG's text."""
+    ckpt = write_run(tmp_path, rng)
+    files = [write_image(tmp_path / name, rng) for name in ("boot.png", "bag.png")]
+    out = tmp_path / "map.png"
+    assert main(["--checkpoint", str(ckpt), "--attention-map", str(out), "--json", *files]) == 0
+    tops = [p["top_k"][0] for p in json.loads(capsys.readouterr().out)["predictions"]]
+    want = [f"{name}: {t['name']} {100 * t['probability']:.1f}%" for name, t in zip(("boot.png", "bag.png"), tops)]
+    with Image.open(out) as im:
+        assert im.text["Title"] == "attention rollout"
+        assert im.text["Description"].splitlines() == want
+        rgb = np.asarray(im.convert("RGB"))
+    for row in range(2):  # each caption strip holds dark text on white
+        top = row * (predict.CAPTION_HEIGHT + 224 + 8)
+        strip = rgb[top:top + predict.CAPTION_HEIGHT]
+        assert strip.min() < 100 and np.median(strip) == 255
+    assert predict.caption("some/dir/cat.jpg", {"name": "tabby", "probability": 0.5}) == "cat.jpg: tabby 50.0%"
+
+
+def test_long_captions_keep_their_class_and_probability():
+    """A caption too wide for its row loses the middle of the file name, not the class and probability."""
+    long = "a_very_long_file_name_of_a_photo_taken_on_holiday_in_2026.jpg: bag 91.2%"
+    shown = predict.fit_caption(long, 456)
+    assert len(shown) < len(long) and shown.startswith("a_very") and shown.endswith("2026.jpg: bag 91.2%")
+    assert "..." in shown
+    assert predict.fit_caption("boot.png: ankle boot 90.1%", 456) == "boot.png: ankle boot 90.1%"
+    assert predict.fit_caption("x" * 500, 100).endswith("...")  # no file-name part: cut at the end
+    strip = predict._caption_strip("x" * 500, 100)
+    assert strip.shape == (predict.CAPTION_HEIGHT, 100, 3) and strip[:, -3:].min() == 255  # nothing drawn past the edge
 
 
 @pytest.mark.parametrize("case", ["missing image", "unreadable image", "missing checkpoint", "nan checkpoint",

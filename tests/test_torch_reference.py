@@ -8,7 +8,6 @@ benchmarks compare scratchvit with a model known to compute the same function.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-REF = Path(__file__).resolve().parent / "reference"  # see its README and make_reference.py
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+from bench import torch_reference as tr  # noqa: E402  (after the PyTorch skip)
 
-import torch_reference as tr  # noqa: E402
+REF = Path(__file__).resolve().parent / "reference"  # see its README and make_reference.py
 
 CASES = ["shared_token", "shared_prelogits"]
 
@@ -137,7 +133,7 @@ TINY = ["--image-size", "16", "--patch-size", "4", "--hidden-size", "16", "--num
 
 
 def test_train_step_script_smoke(tmp_path):
-    import train_step
+    from bench import train_step
 
     out = tmp_path / "r.json"
     res = train_step.main(TINY + ["--batch-size", "4", "--rounds", "2", "--steps", "1", "--warmup", "0",
@@ -154,7 +150,7 @@ def test_train_step_script_smoke(tmp_path):
 
 def test_train_step_runs_plain_and_cli_processes():
     """--mode both: one fresh process per mode; the plain one imported NumPy before scratchvit."""
-    import train_step
+    from bench import train_step
 
     res = train_step.main(TINY + ["--batch-size", "4", "--rounds", "1", "--steps", "1", "--warmup", "0",
                                   "--mode", "both", "--pause", "0"])
@@ -168,7 +164,7 @@ def test_train_step_runs_plain_and_cli_processes():
 
 def test_scaling_script_smoke(tmp_path):
     pytest.importorskip("matplotlib")
-    import scaling
+    from bench import scaling
 
     res = scaling.main(TINY + ["--batch-sizes", "2", "4", "--image-sizes", "8", "16", "--batch-size", "2",
                                "--steps", "1", "--warmup", "0", "--pause", "0", "--out-dir", str(tmp_path)])
@@ -179,7 +175,7 @@ def test_scaling_script_smoke(tmp_path):
 def test_elementwise_ops_script_compares_equal_work(tmp_path):
     """bench/elementwise_ops.py times the same function in both libraries: outputs and input
     gradients of layer norm, GELU and softmax agree, and the script writes its JSON."""
-    import elementwise_ops as eo
+    from bench import elementwise_ops as eo
 
     rng = np.random.default_rng(1)
     for op, shape in (("layer norm", (40, 24)), ("GELU", (40, 48)), ("softmax", (6, 9, 9))):
@@ -191,16 +187,15 @@ def test_elementwise_ops_script_compares_equal_work(tmp_path):
     out = tmp_path / "eo.json"
     assert eo.main(["--repeats", "1", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert {(r["geometry"], r["op"]) for r in rows} == {(g, o) for g in eo.ISSUE10_GEOMETRIES
+    assert {(r["geometry"], r["op"]) for r in rows} == {(g, o) for g in eo.SUITE_GEOMETRIES
                                                         for o in ("layer norm", "GELU", "softmax")}
     assert all(r["scratchvit_us"] > 0 and r["torch_us"] > 0 for r in rows)
 
 
 def test_op_profile_accounts_for_the_step():
     """bench/op_profile.py: every op of the model is timed, and the ops' times fit inside the step's."""
-    import op_profile
-
     import scratchvit as sv
+    from bench import op_profile
 
     cfg = sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_layers=1, num_heads=2,
                         mlp_dim=32, num_classes=3)

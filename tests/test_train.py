@@ -8,6 +8,7 @@ import pytest
 
 import scratchvit as sv
 from scratchvit import evaluate, optim, settings, train
+from scratchvit import step as sv_step
 from scratchvit.data.idx import IDX_FILES
 
 TINY = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
@@ -71,7 +72,7 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "10", "--accum-steps", "2", "--augment", "crop-flip")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
 
-    real = optim.accumulate_gradient
+    real = sv_step.loss_and_grads
     calls = {"n": 0}
 
     def interrupt_at_step_7(*a, **k):
@@ -80,9 +81,9 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(optim, "accumulate_gradient", interrupt_at_step_7)
+    monkeypatch.setattr(sv_step, "loss_and_grads", interrupt_at_step_7)
     assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
-    monkeypatch.setattr(optim, "accumulate_gradient", real)
+    monkeypatch.setattr(sv_step, "loss_and_grads", real)
     with np.load(tmp_path / "stopped" / "state.npz") as st:
         assert int(st["step"]) == 6
     assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
@@ -357,7 +358,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "8")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
     with monkeypatch.context() as m:
-        real, calls = optim.accumulate_gradient, {"n": 0}
+        real, calls = sv_step.loss_and_grads, {"n": 0}
 
         def stop_before_step_6(*a, **k):
             calls["n"] += 1
@@ -365,7 +366,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
                 raise KeyboardInterrupt
             return real(*a, **k)
 
-        m.setattr(optim, "accumulate_gradient", stop_before_step_6)
+        m.setattr(sv_step, "loss_and_grads", stop_before_step_6)
         assert run(fmnist_dir, out, *args) == 130  # state saved at step 5
     with np.load(out / "last.npz") as z:  # last.npz of some other step
         sv.save_checkpoint(out / "last.npz", {k: z[k] + 1 for k in z.files})
@@ -382,7 +383,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 2
 
     with monkeypatch.context() as m:  # a fresh run in the same folder, stopped before it saved anything
-        m.setattr(optim, "accumulate_gradient", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(sv_step, "loss_and_grads", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         m.setattr(train.runs, "save_state", lambda *a, **k: None)
         assert run(fmnist_dir, out, *args) == 130
     assert not (out / "state.npz").exists()  # the old run's resume point is gone, not resumed by mistake
