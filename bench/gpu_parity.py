@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script (python bench/gpu_parity.py): the repository root on sys.path,
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that scratchvit imports uninstalled
+
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 MODELS = {  # name -> (ViT-Ti_16 / ViT-B_16 overrides, batch); the base model name is the first item
     "small": ("ViT-Ti_16", dict(image_size=32, patch_size=4, hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128,

@@ -145,21 +145,31 @@ class ScratchRunner:
         self.device = device
         if params is None:
             params = bench_params(cfg, seed)
-        # precision "fp16": scratchvit's mixed precision (ViT(..., precision=)), the GPU check's second runner
-        extra = {} if precision == "fp32" else {"precision": precision}
         self.name = "scratchvit" if precision == "fp32" else f"scratchvit-{precision}"
-        self.model = sv.ViT(cfg, seed=seed, device=device, dtype=dtype, params=params, **extra)
+        self.model = sv.ViT(cfg, seed=seed, device=device, dtype=dtype, params=params)
         self.optim = optim
         self.opt = optim.SGD(momentum=0.9, weight_decay=0.0)
         self.state = self.opt.init(self.model.params)
         self.lr = lr
-        # Inputs live on the device before timing (as a prefetching loader would deliver them).
+        self.precision = precision
+        if precision != "fp32":  # mixed precision: scratchvit.step.train_step, as python -m scratchvit.train runs it
+            from scratchvit import step
+
+            self.train_step, self.loss_scale = step.train_step, step.LossScale()
+            dtype = step.COMPUTE_DTYPES[precision]
+        # Inputs live on the device before timing (as a prefetching loader would deliver them); train_step
+        # checks the labels on the host, so the mixed-precision runner keeps them there (B integers).
         self.images = to_device(images, device, dtype)
-        self.labels = to_device(labels, device)
+        self.labels = to_device(labels, device) if precision == "fp32" else labels
 
     def step(self) -> dict:
         m = self.model
         t0 = time.perf_counter()
+        if self.precision != "fp32":  # cast to float16, forward, backward, unscale, clip at 1.0, update
+            r = self.train_step(m, self.opt, self.state, self.images, self.labels, self.lr, grad_clip=1.0,
+                                precision=self.precision, loss_scale=self.loss_scale)
+            sync(self.device)
+            return {"step": time.perf_counter() - t0, "loss": r.loss, "skipped": r.skipped}
         loss, grads = m.loss_and_grads(self.images, self.labels)
         t1 = time.perf_counter()
         self.optim.clip_by_global_norm(grads, 1.0)

@@ -18,8 +18,7 @@ STEPS = ("[0-install/imports]", "[1-environment]", "[2-gpu-tests]", "[3-parity]"
          "[4-train/fp16]", "[4-train/fp16-vs-fp32]", "[5-speed]", "[6-report]")
 IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
-sys.path.insert(0, str(REPO / "bench"))
-import gpu_check  # noqa: E402  (bench/ is not a package)
+from bench import gpu_check  # noqa: E402
 
 
 def run_check(*args, env=None, timeout=300):
@@ -173,9 +172,8 @@ def test_parity_cpu_against_cpu_compares_every_gradient(tmp_path):
     r = parity("--device", "cpu", "--small", "--json", str(tmp_path / "p.json"))
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path / "p.json").read_text())
-    from gpu_parity import MODELS
-
     import scratchvit as sv
+    from bench.gpu_parity import MODELS
 
     base, fields, _ = MODELS["small"]
     n = len(sv.param_shapes(sv.get_config(base, **fields)))
