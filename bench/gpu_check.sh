@@ -15,11 +15,10 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$REPO"
 PY=${GPU_CHECK_PYTHON:-python3}
 TRAIN_MODULE=${GPU_CHECK_TRAIN_MODULE:-scratchvit.train}
 DRY_RUN=0 INSTALL=1 WHEELS="" DATA="" WORK="" BUDGET=480
-OUT=bench/results/gpu_check.json
+OUT=$REPO/bench/results/gpu_check.json
 
 usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -40,18 +39,22 @@ if ! command -v "$PY" >/dev/null 2>&1; then
     echo "gpu_check.sh: MISSING python: '$PY' (GPU_CHECK_PYTHON) is not a command" >&2
     exit 1
 fi
+if [[ $PY == */* ]]; then PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY"); fi
 for d in "$WHEELS" "$DATA"; do
     if [ -n "$d" ] && [ ! -d "$d" ]; then
         echo "gpu_check.sh: MISSING folder $d" >&2
         exit 1
     fi
 done
+# folders and files given relative to where the script was started; from here on it runs in the repository
 WHEELS=${WHEELS:+$(cd "$WHEELS" && pwd)}
 DATA=${DATA:+$(cd "$DATA" && pwd)}
 OWN_WORK=0
 if [ -z "$WORK" ]; then WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX"); OWN_WORK=1; fi
-mkdir -p "$WORK"
+mkdir -p "$WORK" "$(dirname "$OUT")"
 WORK=$(cd "$WORK" && pwd)
+OUT=$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")
+cd "$REPO"
 : >"$WORK/steps.tsv"
 : >"$WORK/commands.txt"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
