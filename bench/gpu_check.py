@@ -175,7 +175,9 @@ def read_run(run_dir: Path) -> dict:
     return {"run": str(run_dir), "step": last["train"]["step"], "final_train_loss": last["train"]["loss"],
             "train_images_per_s": last["train"].get("images_per_sec"),
             "val_accuracy": last.get("val", {}).get("accuracy"), "test_accuracy": last["test"]["accuracy"],
-            "test_loss": last["test"]["loss"], "settings": cfg.get("settings")}
+            "test_loss": last["test"]["loss"], "settings": cfg.get("settings"),
+            # fp16 runs: steps skipped for an overflow (over the last training window) and the final loss scale
+            "skipped_steps": last["train"].get("skipped_steps"), "loss_scale": last["train"].get("loss_scale")}
 
 
 def cmd_train(a) -> int:
@@ -195,10 +197,13 @@ def cmd_precision(a) -> int:
     rel = abs(f16["final_train_loss"] - f32["final_train_loss"]) / abs(f32["final_train_loss"])
     r = {"fp32_final_train_loss": f32["final_train_loss"], "fp16_final_train_loss": f16["final_train_loss"],
          "relative_difference": rel, "tolerance": a.tol, "ok": rel <= a.tol,
-         "fp32_test_accuracy": f32["test_accuracy"], "fp16_test_accuracy": f16["test_accuracy"]}
+         "fp32_test_accuracy": f32["test_accuracy"], "fp16_test_accuracy": f16["test_accuracy"],
+         "fp16_skipped_steps": f16.get("skipped_steps"), "fp16_loss_scale": f16.get("loss_scale")}
     write_json(a.json, r)
     print(f"final train loss fp16 {r['fp16_final_train_loss']:.4f} vs fp32 {r['fp32_final_train_loss']:.4f}: "
-          f"{100 * rel:.2f}% apart (tolerance {100 * a.tol:.0f}%) -> {'ok' if r['ok'] else 'FAIL'}")
+          f"{100 * rel:.2f}% apart (tolerance {100 * a.tol:.0f}%) -> {'ok' if r['ok'] else 'FAIL'}; test accuracy "
+          f"fp16 {100 * r['fp16_test_accuracy']:.2f}% vs fp32 {100 * r['fp32_test_accuracy']:.2f}%; fp16 skipped "
+          f"{r['fp16_skipped_steps']} steps, final loss scale {r['fp16_loss_scale']}")
     return 0 if r["ok"] else 1
 
 
