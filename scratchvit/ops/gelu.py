@@ -55,14 +55,14 @@ def erf_plain(x):
     """
     xp = namespace(x)
     a = xp.abs(x)
-    s = xp.minimum(a, ERF_SPLIT)  # series argument, kept where it converges fast
+    s = xp.clip(a, max=ERF_SPLIT)  # series argument, kept where it converges fast
     s2 = s * s
     term, total = s, s
     for n in range(1, ERF_TERMS):
         term = term * (2.0 * s2 / (2 * n + 1))
         total = total + term
     series = (2.0 * INV_SQRT_PI) * xp.exp(-s2) * total
-    c = xp.maximum(a, ERF_SPLIT)  # continued-fraction argument
+    c = xp.clip(a, min=ERF_SPLIT)  # continued-fraction argument
     f = c
     for n in range(ERF_TERMS, 0, -1):
         f = c + (0.5 * n) / f
