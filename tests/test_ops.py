@@ -1,4 +1,6 @@
-"""Gradient checks of every hand-written op, float64, central finite differences: rel. error <= 1e-6."""
+"""Gradient checks of every hand-written op, float64, central finite differences: rel. error <= 1e-6, each in three
+forms: the NumPy fast form, the plain (array API) form on NumPy, and the plain form on array-api-strict's
+Device("device1")."""
 import numpy as np
 import pytest
 from gradcheck import numerical_grad, relative_error, sample_indices
