@@ -181,11 +181,3 @@ def to_device(array, device: str, dtype=None):
         array = xp.astype(array, dtype_of(xp, dtype))
     return array
 
-
-def get_xp(*arrays):
-    """The raw module (``numpy`` or ``cupy``) of ``arrays``, for the NumPy fast forms' ``out=``/``einsum``
-    calls. Plain forms use :func:`namespace` instead."""
-    for a in arrays:
-        if type(a).__module__.startswith("cupy"):
-            return cupy_or_error()
-    return np

@@ -212,8 +212,8 @@ class ViT:
         # Eq. 1 backward: position embedding, class token, patch embedding.
         g[POSEMB] = xp.sum(dx, axis=0, keepdims=True)
         if c.classifier == "token":
-            g["cls"] = xp.sum(dx[:, :1], axis=0, keepdims=True)
-            dx = dx[:, 1:]
+            g["cls"] = xp.sum(dx[:, :1, :], axis=0, keepdims=True)
+            dx = dx[:, 1:, :]
         dimages, g["embedding/kernel"], g["embedding/bias"] = ops.patch_embedding_backward(
             dx, caches["embedding"], need_dx=need_dinput)
         grads = {k: g[k] for k in p}  # the official order

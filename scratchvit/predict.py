@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from . import ops
-from .backend import get_xp, to_numpy
+from .backend import namespace, to_numpy
 from .data import load_image, to_float
 from .files import write_atomic
 from .model import ViT
@@ -90,7 +90,8 @@ def class_names(num_classes: int, labels_file=None, info: dict | None = None) ->
 
 def softmax(logits) -> np.ndarray:
     """Row softmax of (B, K) logits (NumPy or CuPy), computed on their device, returned as float64 NumPy."""
-    return to_numpy(ops.softmax_forward(logits.astype(get_xp(logits).float64)))  # a copy, softmaxed in place
+    xp = namespace(logits)
+    return to_numpy(ops.softmax_forward(xp.astype(logits, xp.float64)))  # a float64 copy, softmaxed
 
 
 BATCH = 32  # images per forward pass: bounds the memory of a long list of files (and of their attention maps)

@@ -174,7 +174,7 @@ def loss_and_grads(model, images, labels, *, total: float | None = None, accum_s
     loss, grads = None, None
     for lo, hi in shares(B, accum_steps):
         def part(s, e, lo=lo):
-            return model.part_loss_and_grads(images[lo + s:lo + e], labels[lo + s:lo + e], (e - s) / total,
+            return model.part_loss_and_grads(images[lo + s:lo + e, ...], labels[lo + s:lo + e], (e - s) / total,
                                              label_smoothing=label_smoothing, loss_scale=loss_scale,
                                              need_dinput=need_dinput)
 
