@@ -238,7 +238,7 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
     # blocks on threads, BLAS held to one thread where it is OpenBLAS
     for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
-    monkeypatch.setattr(cpu, "_blas_fns", False)  # as with a BLAS that cannot be held...
+    monkeypatch.setattr(cpu, "_controller", False)  # as with a BLAS that cannot be held...
     monkeypatch.setattr(cpu, "SMALL_PRODUCT", 1)  # ...the products go by one query / key row
     from scratchvit.ops import attention
 
@@ -253,9 +253,12 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
 def test_single_threaded_blas_restores_the_thread_count():
     from scratchvit import cpu
 
-    if not cpu.blas_thread_fns():
-        pytest.skip("the BLAS here is not an OpenBLAS reachable through ctypes")
-    get, _ = cpu.blas_thread_fns()
+    if not cpu.blas_controller():
+        pytest.skip("no BLAS here that threadpoolctl can steer")
+
+    def get():
+        return cpu.blas_controller().info()[0]["num_threads"]
+
     before = get()
     with cpu.single_threaded_blas() as held:
         assert held and get() == 1
