@@ -74,10 +74,14 @@ def input_size(s: TrainSettings) -> int:
     return model_config(s).image_size
 
 
-def load_data(s: TrainSettings, log=print):
-    """The dataset of --dataset (imagefolder: decoded at the model's input size)."""
-    return open_dataset(s.dataset, s.data_dir, image_size=input_size(s) if s.dataset == "imagefolder" else None,
-                        skip_bad_images=s.skip_bad_images, log=log)
+def load_data(s: TrainSettings, log=print, dist=None):
+    """The dataset of --dataset (imagefolder: decoded at the model's input size). Under MPI (``dist``) rank 0
+    loads it first, downloading it where needed, and the other ranks then read what it fetched."""
+    def load():
+        return open_dataset(s.dataset, s.data_dir, image_size=input_size(s) if s.dataset == "imagefolder" else None,
+                            skip_bad_images=s.skip_bad_images, log=log)
+
+    return (dist or distributed.Single()).main_first(load, f"loading the {s.dataset} dataset")
 
 
 @dataclasses.dataclass
@@ -188,7 +192,7 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     from .data import Batches, split_train_val  # noqa: PLC0415
 
     t_start, out, dist = time.perf_counter(), Path(s.out), dist or distributed.Single()
-    ds = ds if ds is not None else load_data(s, log)
+    ds = ds if ds is not None else load_data(s, log, dist)
     (tr_x, tr_y), (val_x, val_y) = split_train_val(ds.train_images, ds.train_labels, s.val_fraction, s.seed)
     run, step = setup(s, resume, dist, ds, len(tr_y), len(val_y), log)
     status, last_saved, win = "done", step, [0.0, 0, time.perf_counter()]  # window: loss sum, images, start
@@ -322,7 +326,7 @@ def lr_sweep(s: TrainSettings, log=print, dist=None) -> float:
     rates = [float(r) for r in str(s.lr_sweep).split(",") if r.strip()]
     if not rates or any(r <= 0 for r in rates):
         raise ValueError(f"--lr-sweep needs positive comma-separated rates, got {s.lr_sweep!r}")
-    ds, results = load_data(s, log), []
+    ds, results = load_data(s, log, dist), []
     for lr in rates:
         sub = s.replace(lr=lr, lr_sweep=None, steps=s.sweep_steps, epochs=None, eval_every=s.sweep_steps,
                         warmup_steps=min(s.warmup_steps, s.sweep_steps // 5), out=str(Path(s.out) / f"sweep_lr{lr:g}"))
