@@ -142,6 +142,8 @@ def to_numpy(array) -> np.ndarray:
     for device arrays, the array itself for a NumPy one. The one place data leaves a device."""
     if isinstance(array, np.ndarray):
         return array
+    if isinstance(array, np.generic):  # a NumPy scalar (AdamW's step count): no __dlpack__
+        return np.asarray(array)
     name = _device_name(array)
     if name == "gpu":
         return array.get()
