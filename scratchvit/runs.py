@@ -6,7 +6,8 @@
 - ``last.npz`` / ``best.npz``: parameters in the official checkpoint layout;
 - ``state.npz``: the resume point in one file: parameters, optimiser state, step, best validation
   accuracy, seed (:func:`save_state`, :func:`load_state`). It repeats last.npz's parameters so that a
-  crash between the two writes can never pair one step's parameters with another step's optimiser.
+  crash between the two writes can never pair one step's parameters with another step's optimiser,
+  and it is written first: last.npz and best.npz are extra copies, written after it.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import to_device
 from .checkpoint import read_npz, save_checkpoint, save_npz_atomic
-from .files import write_text_atomic
+from .files import WriteError, write_error, write_text_atomic
 
 
 def write_config(out: Path, settings: dict, model, ds, **sizes) -> None:
@@ -73,25 +75,54 @@ class MetricsLog:
             path.unlink()
 
     def write(self, **record):
+        """Append one record.
+
+        Raises:
+            WriteError: the line cannot be written (a full disk: named with the space it needs).
+        """
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            line = json.dumps(record) + "\n"
+            try:
+                with open(self.path, "a") as f:
+                    f.write(line)
+            except OSError as e:
+                raise write_error(self.path, e, len(line)) from e
 
 
 def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, seed: int) -> None:
-    """last.npz (parameters, official layout, model dtype), then state.npz (the same parameters, the
-    optimiser state, step, best validation accuracy, seed), each written atomically.
+    """state.npz (the resume point: parameters, optimiser state, step, best validation accuracy, seed)
+    first, then last.npz (the same parameters, official layout, model dtype), each written atomically.
+    The resume point goes first so that a failure on the way (a full disk) leaves a whole one: the new
+    one, or the previous one if state.npz itself could not be written.
 
     Raises:
-        OSError: a file cannot be written (the previous one is left whole).
+        WriteError: a file cannot be written (the message names it, the space it needs, and which
+        step the resume point in ``out`` holds).
     """
-    save_checkpoint(out / "last.npz", model.params, dtype=None)
     arrays = {f"params/{k}": v for k, v in model.params.items()}
     arrays.update({f"opt/{k}": v for k, v in opt_state.items()})
     arrays["step"] = np.array(step, np.int64)
     arrays["best_val_accuracy"] = np.array(best_val, np.float64)
     arrays["seed"] = np.array(seed, np.int64)
-    save_npz_atomic(out / "state.npz", arrays)
+    try:
+        save_npz_atomic(out / "state.npz", arrays)
+    except WriteError as e:
+        raise WriteError(e.errno, f"{e.strerror}; the resume point {out / 'state.npz'} is still the one saved "
+                                  "before (if any)") from e
+    save_extra_copy(out / "last.npz", model.params, step, out)
+
+
+def save_extra_copy(path: Path, params: dict, step: int, out: Path) -> None:
+    """last.npz or best.npz (parameters, official layout, model dtype), written after the resume point.
+
+    Raises:
+        WriteError: it cannot be written (the message adds that the resume point holds ``step``).
+    """
+    try:
+        save_checkpoint(path, params, dtype=None)
+    except WriteError as e:
+        raise WriteError(e.errno, f"{e.strerror}; the resume point {out / 'state.npz'} holds step {step} "
+                                  f"(--resume continues from it)") from e
 
 
 def load_state(out: Path, model, opt_state: dict) -> tuple[int, float]:
@@ -103,8 +134,6 @@ def load_state(out: Path, model, opt_state: dict) -> tuple[int, float]:
         FileNotFoundError / ValueError: missing files, or arrays whose names or shapes are not this
         run's, naming the file.
     """
-    from .backend import to_device  # noqa: PLC0415
-
     path = out / "state.npz"
     st = read_npz(path)
     params = {k[len("params/"):]: v for k, v in st.items() if k.startswith("params/")}

@@ -37,10 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from . import cpu, distributed, optim, runs
-from .checkpoint import save_checkpoint
 from .configs import get_config
 from .evaluate import evaluate, open_dataset
-from .files import write_text_atomic
+from .files import WriteError, write_error, write_text_atomic
 from .settings import TrainSettings, resolve_settings
 
 
@@ -263,11 +262,17 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
     opt = optim.make_optimizer(s.optimizer, weight_decay=s.weight_decay,
                                **({"momentum": s.momentum} if s.optimizer == "sgd" else {}))
     opt_state, step, best_val = opt.init(model.params), 0, -1.0
-    out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / "state.npz").exists():
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(out, e) from e
+    if resume:
+        if not (out / "state.npz").exists():
+            raise FileNotFoundError(f"--resume: {out} has no resume point ({out / 'state.npz'} not found: the run "
+                                    "stopped before it saved one); start it again without --resume")
         step, best_val = runs.load_state(out, model, opt_state)
         log(f"resuming {out} at step {step} of {total_steps}")
-    elif not resume and dist.is_main:
+    elif dist.is_main:
         (out / "state.npz").unlink(missing_ok=True)  # an earlier run's resume point in this folder is not ours
         runs.write_config(out, s.to_dict(), model, ds, train_images=n_train, val_images=n_val,
                           test_images=len(ds.test_labels), total_steps=total_steps, steps_per_epoch=steps_per_epoch)
@@ -277,20 +282,25 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
 
 
 def validate_and_save(run: Run, val_x, val_y, step: int, win: list, gnorm: float, say) -> None:
-    """At an evaluation step: log the training window, evaluate on the validation split, write best.npz
-    (if better), last.npz and state.npz (rank 0), and ``say`` a summary line."""
+    """At an evaluation step: log the training window, evaluate on the validation split, write state.npz
+    and last.npz, then best.npz if better (rank 0), and ``say`` a summary line.
+
+    Raises:
+        WriteError: a file cannot be written (a full disk); the message names it, the space it needs
+        and the step the resume point holds.
+    """
     out, dt = Path(run.s.out), time.perf_counter() - win[2]
     run.log_metrics(step, "train", loss=win[0] / win[1], lr=run.lr(step - 1), grad_norm=gnorm,
                     images_per_sec=win[1] / dt)
     r = evaluate_shared(run, val_x, val_y)
     run.log_metrics(step, "val", loss=r["loss"], accuracy=r["accuracy"], lr=run.lr(step),
                     images_per_sec=len(val_y) / r["seconds"])
-    if r["accuracy"] > run.best_val:
-        run.best_val = r["accuracy"]
-        if run.dist.is_main:
-            save_checkpoint(out / "best.npz", run.model.params, dtype=None)
-    if run.dist.is_main:
+    better = r["accuracy"] > run.best_val
+    run.best_val = max(run.best_val, r["accuracy"])
+    if run.dist.is_main:  # the resume point first (state.npz, then last.npz), best.npz last
         runs.save_state(out, run.model, run.opt_state, step, run.best_val, run.s.seed)
+        if better:
+            runs.save_extra_copy(out / "best.npz", run.model.params, step, out)
     say(f"step {step}/{run.total_steps}  train loss {win[0] / win[1]:.4f}  val loss {r['loss']:.4f}"
         f"  val acc {100 * r['accuracy']:.2f}%  {win[1] / dt:.0f} img/s")
 
@@ -350,7 +360,9 @@ def main(argv=None) -> int:
     (--lr-sweep), the run and the test pass.
 
     Returns:
-        the exit status: 0 done; 2 a setting, file or dataset that cannot work (the message on stderr);
+        the exit status: 0 done; 2 a setting, file or dataset that cannot work, --resume without a resume
+        point, or a file that cannot be written (a full disk: the file and the space it needs; the last
+        complete resume point is left) (the message on stderr, one line);
         3 the loss stopped being finite; 130 stopped by Ctrl-C (the state of the last whole step is
         saved: --resume continues).
     """
@@ -370,7 +382,7 @@ def main(argv=None) -> int:
         if s.lr_sweep and not resume:
             s = s.replace(lr=lr_sweep(s, log, dist), lr_sweep=None)
         summary = train(s, resume, log=log, dist=dist)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
