@@ -87,7 +87,7 @@ def load_data(s: TrainSettings, log=print, dist=None):
 class Run:
     """What the loop and its helpers share: settings, ranks, model, optimiser, run files, schedule."""
 
-    s: TrainSettings
+    settings: TrainSettings
     dist: object
     model: object
     opt: object
@@ -99,7 +99,7 @@ class Run:
 
     def lr(self, step: int) -> float:
         """The learning rate of (0-based) step ``step``: warmup then --schedule (optim.learning_rate)."""
-        s = self.s
+        s = self.settings
         return optim.learning_rate(step, s.lr, self.total_steps, s.warmup_steps, s.schedule)
 
     def log_metrics(self, step: int, split: str, **values):
@@ -107,12 +107,33 @@ class Run:
         self.metrics.write(step=step, epoch=step / self.steps_per_epoch, split=split, **values)
 
 
+@dataclasses.dataclass
+class Window:
+    """The training steps since the last evaluation: summed loss (times images), images, start time."""
+
+    loss_sum: float = 0.0
+    images: int = 0
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, images: int) -> None:
+        """Count one step of ``images`` images whose mean loss was ``loss``."""
+        self.loss_sum += loss * images
+        self.images += images
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.images
+
+    def images_per_sec(self) -> float:
+        return self.images / (time.perf_counter() - self.start)
+
+
 def evaluate_shared(run: Run, images, labels) -> dict:
     """Loss and accuracy of the whole set, each rank evaluating its contiguous share (sums reduced)."""
     lo, hi = run.dist.split_range(len(labels))
     if (lo, hi) != (0, len(labels)):
         images, labels = images[lo:hi], labels[lo:hi]  # arrays and ImageFiles slice alike
-    s = run.s
+    s = run.settings
     r = evaluate(run.model, images, labels, s.eval_batch_size, workers=s.workers, skip_bad_images=s.skip_bad_images)
     n = len(r["labels"])  # fewer than len(labels) where --skip-bad-images left files out
     sums = np.array([r["loss"] * n, float((r["predictions"] == r["labels"]).sum()), n])
@@ -135,7 +156,8 @@ def train_step(run: Run, x, y, step: int, stop: bool = False):
     model, dist = run.model, run.dist
     batch = len(y)
     lo, hi = dist.split_range(batch)  # this rank's rows: all of them in one process
-    loss, grads = optim.accumulate_gradient(model, x[lo:hi], y[lo:hi], run.s.accum_steps, run.s.label_smoothing)
+    loss, grads = optim.accumulate_gradient(model, x[lo:hi], y[lo:hi], run.settings.accum_steps,
+                                            run.settings.label_smoothing)
     if dist.size > 1:
         if batch % dist.size:  # a batch --skip-bad-images left short: weight each rank's mean by its share
             loss = optim.weight_share(loss, grads, hi - lo, batch, dist.size)
@@ -145,7 +167,7 @@ def train_step(run: Run, x, y, step: int, stop: bool = False):
         stop = float(buf[-1]) > 0
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at step {step}")
-    gnorm = optim.clip_by_global_norm(grads, run.s.grad_clip)
+    gnorm = optim.clip_by_global_norm(grads, run.settings.grad_clip)
     run.opt.update(model.params, grads, run.opt_state, run.lr(step))
     return loss, gnorm, stop
 
@@ -194,7 +216,7 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     ds = ds if ds is not None else load_data(s, log, dist)
     (tr_x, tr_y), (val_x, val_y) = split_train_val(ds.train_images, ds.train_labels, s.val_fraction, s.seed)
     run, step = setup(s, resume, dist, ds, len(tr_y), len(val_y), log)
-    status, last_saved, win = "done", step, [0.0, 0, time.perf_counter()]  # window: loss sum, images, start
+    status, last_saved, win = "done", step, Window()
     bar = progress_bar(s, dist, run.total_steps, step)
     batches = Batches(tr_x, tr_y, s.batch_size, run.model.config.image_size, train=True, augment=s.augment,
                       seed=s.seed, start_step=step, workers=s.workers, crop_min_area=s.crop_min_area,
@@ -217,15 +239,15 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
                              else "no checkpoint was written before it")
                     raise FloatingPointError(f"{e}; stopping: {saved}. Try a lower --lr") from None
                 step += 1
-                win[0], win[1] = win[0] + loss * len(y), win[1] + len(y)
+                win.add(loss, len(y))
                 if bar is not None:
                     bar.update(1)
-                    img_s = win[1] / (time.perf_counter() - win[2])
+                    img_s = win.images_per_sec()
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.lr(step - 1):.2g}",
                                     best_val=f"{max(run.best_val, 0):.3f}", img_s=f"{img_s:.0f}")
                 if step % s.eval_every == 0 or step == run.total_steps:
                     validate_and_save(run, val_x, val_y, step, win, gnorm, bar.write if bar is not None else log)
-                    last_saved, win = step, [0.0, 0, time.perf_counter()]
+                    last_saved, win = step, Window()
         except KeyboardInterrupt:
             status = "interrupted"
             if len(pressed) > 1:  # a second Ctrl-C, maybe in the middle of a step: its state is not saved
@@ -281,7 +303,7 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
     return Run(s, dist, model, opt, opt_state, metrics, total_steps, steps_per_epoch, best_val), step
 
 
-def validate_and_save(run: Run, val_x, val_y, step: int, win: list, gnorm: float, say) -> None:
+def validate_and_save(run: Run, val_x, val_y, step: int, win: Window, gnorm: float, say) -> None:
     """At an evaluation step: log the training window, evaluate on the validation split, write state.npz
     and last.npz, then best.npz if better (rank 0), and ``say`` a summary line.
 
@@ -289,20 +311,19 @@ def validate_and_save(run: Run, val_x, val_y, step: int, win: list, gnorm: float
         WriteError: a file cannot be written (a full disk); the message names it, the space it needs
         and the step the resume point holds.
     """
-    out, dt = Path(run.s.out), time.perf_counter() - win[2]
-    run.log_metrics(step, "train", loss=win[0] / win[1], lr=run.lr(step - 1), grad_norm=gnorm,
-                    images_per_sec=win[1] / dt)
+    out, img_s = Path(run.settings.out), win.images_per_sec()
+    run.log_metrics(step, "train", loss=win.mean_loss, lr=run.lr(step - 1), grad_norm=gnorm, images_per_sec=img_s)
     r = evaluate_shared(run, val_x, val_y)
     run.log_metrics(step, "val", loss=r["loss"], accuracy=r["accuracy"], lr=run.lr(step),
                     images_per_sec=len(val_y) / r["seconds"])
     better = r["accuracy"] > run.best_val
     run.best_val = max(run.best_val, r["accuracy"])
     if run.dist.is_main:  # the resume point first (state.npz, then last.npz), best.npz last
-        runs.save_state(out, run.model, run.opt_state, step, run.best_val, run.s.seed)
+        runs.save_state(out, run.model, run.opt_state, step, run.best_val, run.settings.seed)
         if better:
             runs.save_extra_copy(out / "best.npz", run.model.params, step, out)
-    say(f"step {step}/{run.total_steps}  train loss {win[0] / win[1]:.4f}  val loss {r['loss']:.4f}"
-        f"  val acc {100 * r['accuracy']:.2f}%  {win[1] / dt:.0f} img/s")
+    say(f"step {step}/{run.total_steps}  train loss {win.mean_loss:.4f}  val loss {r['loss']:.4f}"
+        f"  val acc {100 * r['accuracy']:.2f}%  {img_s:.0f} img/s")
 
 
 def describe(s, ds, model, n_train, n_val, total_steps, dist) -> str:

@@ -142,7 +142,7 @@ def test_ranks_of_a_short_batch_average_to_the_batch_mean(rng):
         model, dist = _small_model(np.random.default_rng(5)), Rank(r)
         opt = optim.make_optimizer("sgd")
         s = types.SimpleNamespace(accum_steps=1, label_smoothing=0.0, grad_clip=0.0)
-        run = types.SimpleNamespace(model=model, dist=dist, s=s, opt=opt, opt_state=opt.init(model.params),
+        run = types.SimpleNamespace(model=model, dist=dist, settings=s, opt=opt, opt_state=opt.init(model.params),
                                     lr=lambda step: 0.0)
         train.train_step(run, images, labels, 0)
         sent.append(dist.sent)
