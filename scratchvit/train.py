@@ -279,8 +279,7 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
     out, model = Path(s.out), build_model(s, ds.num_classes)
     steps_per_epoch = max(n_train // s.batch_size, 1)
     total_steps = s.steps if s.epochs is None else max(int(round(s.epochs * steps_per_epoch)), 1)
-    if s.schedule != "constant" and s.warmup_steps >= total_steps:
-        raise ValueError(f"--warmup-steps {s.warmup_steps} must be below the total steps {total_steps}")
+    s.check_warmup(total_steps)
     opt = optim.make_optimizer(s.optimizer, weight_decay=s.weight_decay,
                                **({"momentum": s.momentum} if s.optimizer == "sgd" else {}))
     opt_state, step, best_val = opt.init(model.params), 0, -1.0

@@ -220,6 +220,28 @@ def test_presets_load_and_validate(preset):
                 s.warmup_steps, s.steps, s.schedule) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
 
 
+def test_every_cli_offers_the_same_choices():
+    """train, evaluate and predict build their parsers from the settings dataclasses: a flag they share has
+    the same choices and help, and the choices are the one tuple each (devices, datasets, GELU forms)."""
+    from scratchvit.backend import DEVICES
+    from scratchvit.data import AUGMENTS, DATASETS
+    from scratchvit.ops.gelu import GELU_FORMS
+
+    def actions(ap):
+        return {a.dest: a for a in ap._actions}
+
+    tr = actions(settings.build_parser())
+    ev = actions(settings.cli_parser(settings.EvaluateSettings))
+    pr = actions(settings.cli_parser(settings.PredictSettings))
+    assert tr["device"].choices is ev["device"].choices is pr["device"].choices is DEVICES
+    assert tr["dataset"].choices is ev["dataset"].choices is DATASETS
+    assert tr["gelu"].choices is ev["gelu"].choices is GELU_FORMS and tr["augment"].choices is AUGMENTS
+    assert ev["dtype"].help == tr["dtype"].help and ev["checkpoint"].required and pr["checkpoint"].required
+    with pytest.raises(SystemExit):
+        settings.parse_settings(settings.EvaluateSettings, ["--checkpoint", "x.npz", "--dataset", "mnist",
+                                                            "--batch-size", "0"])
+
+
 def test_help_shows_the_dataclass_defaults(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])

@@ -24,6 +24,7 @@ import numpy as np
 from ..backend import get_xp
 from ..cpu import blockwise
 
+GELU_FORMS = ("tanh", "erf")  # the forms every module offers (configs, settings, the CLIs)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
