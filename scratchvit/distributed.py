@@ -90,7 +90,7 @@ class MPI:
     """
 
     def __init__(self, comm, timeout: float, device: str = "cpu"):
-        from mpi4py import MPI as _mpi  # noqa: PLC0415
+        from mpi4py import MPI as _mpi  # noqa: PLC0415  (optional extra scratchvit[mpi]; importing it starts MPI)
 
         self._mpi, self.comm, self.timeout = _mpi, comm, timeout
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
@@ -211,8 +211,8 @@ class _NcclSum:
     """
 
     def __init__(self, dist: MPI):
-        import cupy  # noqa: PLC0415
-        from cupy.cuda import nccl  # noqa: PLC0415
+        import cupy  # noqa: PLC0415  (only for --device gpu under MPI: the optional GPU extra)
+        from cupy.cuda import nccl  # noqa: PLC0415  (as cupy)
 
         local = next((int(os.environ[v]) for v in LOCAL_RANK_VARS if os.environ.get(v, "").isdigit()), dist.rank)
         cupy.cuda.Device(local % cupy.cuda.runtime.getDeviceCount()).use()
@@ -244,7 +244,7 @@ def init(distributed: str = "auto", timeout: float = 300.0, device: str = "cpu")
     if distributed == "off" or launched_size() <= 1:
         return Single()
     try:
-        from mpi4py import MPI as _mpi  # noqa: PLC0415
+        from mpi4py import MPI as _mpi  # noqa: PLC0415  (optional extra; imported only under a launcher, it starts MPI)
     except ImportError as e:
         raise RuntimeError(f"started as {launched_size()} MPI processes but mpi4py is not installed: "
                            "pip install 'scratchvit[mpi]' (needs an MPI library, e.g. apt-get install mpich "

@@ -35,11 +35,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import cpu, distributed, optim, runs
+from .backend import module_for
+from .checkpoint import load_checkpoint
 from .configs import get_config
+from .data import Batches, split_train_val
 from .evaluate import evaluate, open_dataset
 from .files import WriteError, write_error, write_text_atomic
+from .model import ViT
 from .settings import TrainSettings, resolve_settings
 
 
@@ -47,8 +52,6 @@ def build_model(s: TrainSettings, num_classes: int):
     """A fresh ViT from --model and overrides, or one loaded from --checkpoint as the official fine-tuning
     starts: a zero head of ``num_classes`` (whatever the file's class count), no pre-logits, the
     position-embedding grid resized to --image-size."""
-    from .model import ViT  # noqa: PLC0415
-
     if s.checkpoint:
         return ViT.from_checkpoint(s.checkpoint, num_classes=num_classes, image_size=s.image_size,
                                    device=s.device, dtype=s.dtype, gelu=s.gelu, new_head=True)
@@ -67,8 +70,6 @@ def input_size(s: TrainSettings) -> int:
     if s.image_size:
         return s.image_size
     if s.checkpoint:
-        from .checkpoint import load_checkpoint  # noqa: PLC0415
-
         return load_checkpoint(s.checkpoint)[0].image_size
     return model_config(s).image_size
 
@@ -210,8 +211,6 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     ``ds``: an already loaded :class:`scratchvit.data.Dataset` (the sweep reuses it). ``run_test``:
     evaluate on the test split at the end. ``dist``: from :func:`scratchvit.distributed.init` (one process if None).
     """
-    from .data import Batches, split_train_val  # noqa: PLC0415
-
     t_start, out, dist = time.perf_counter(), Path(s.out), dist or distributed.Single()
     ds = ds if ds is not None else load_data(s, log, dist)
     (tr_x, tr_y), (val_x, val_y) = split_train_val(ds.train_images, ds.train_labels, s.val_fraction, s.seed)
@@ -339,8 +338,6 @@ def progress_bar(s, dist, total_steps, step):
     """A tqdm bar over the steps on rank 0 when --progress, else None."""
     if not (s.progress and dist.is_main):
         return None
-    from tqdm import tqdm  # noqa: PLC0415
-
     return tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
 
@@ -390,8 +387,6 @@ def main(argv=None) -> int:
     try:
         s, resume = resolve_settings(argv, description=__doc__)
         if s.device == "gpu":
-            from .backend import module_for  # noqa: PLC0415
-
             module_for("gpu")
         dist = distributed.init(s.distributed, s.mpi_timeout, s.device)
         dist.check_same(s.digest())
