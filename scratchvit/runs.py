@@ -107,9 +107,18 @@ def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, se
     try:
         save_npz_atomic(out / "state.npz", arrays)
     except WriteError as e:
-        raise WriteError(e.errno, f"{e.strerror}; the resume point {out / 'state.npz'} is still the one saved "
-                                  "before (if any)") from e
+        raise WriteError(e.errno, f"{e.strerror}; {previous_resume_point(out)}") from e
     save_extra_copy(out / "last.npz", model.params, step, out)
+
+
+def previous_resume_point(out: Path) -> str:
+    """What --resume would continue from in ``out``, in words, for an error after a failed save."""
+    path = out / "state.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return f"the resume point {path} still holds step {int(z['step'])} (--resume continues from it)"
+    except (OSError, ValueError, KeyError):
+        return f"no resume point was saved in {out} yet"
 
 
 def save_extra_copy(path: Path, params: dict, step: int, out: Path) -> None:

@@ -531,7 +531,8 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_a_resume_point(fmnist_d
     with np.load(out / "state.npz") as st:
         saved = int(st["step"])
     assert saved == (4 if name == "state.npz" else 8)
-    assert f"holds step {saved}" in line or (name == "state.npz" and "is still the one saved before" in line)
+    assert line.endswith(f"{out / 'state.npz'} {'still ' if name == 'state.npz' else ''}holds step {saved} "
+                         "(--resume continues from it)"), line
     monkeypatch.undo()
     assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 0
     assert metrics(out)[-1]["split"] == "test"
