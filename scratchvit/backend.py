@@ -146,7 +146,9 @@ def _device_name(array) -> str:
 def to_numpy(array) -> np.ndarray:
     """``array`` (NumPy, CuPy or array-api-strict, any shape) as a NumPy array: a device-to-host copy
     for device arrays, the array itself for a NumPy one. The one place data leaves a device."""
-    if isinstance(array, (np.ndarray, np.generic)):
+    if isinstance(array, np.ndarray):
+        return array
+    if isinstance(array, np.generic):  # a NumPy scalar (a 0-d result of NumPy): no __dlpack__
         return np.asarray(array)
     name = _device_name(array)
     if name == "gpu":

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .ops.gelu import GELU_FORMS
+
 CLASSIFIERS = ("token", "gap")
-GELUS = ("tanh", "erf")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class ViTConfig:
             raise ValueError(
                 f"ViTConfig.representation_size must be None or a positive integer, got {self.representation_size!r}"
             )
-        if self.gelu not in GELUS:
-            raise ValueError(f"ViTConfig.gelu must be one of {GELUS}, got {self.gelu!r}")
+        if self.gelu not in GELU_FORMS:
+            raise ValueError(f"ViTConfig.gelu must be one of {GELU_FORMS}, got {self.gelu!r}")
 
     @property
     def grid_size(self) -> int:

@@ -6,6 +6,7 @@ import pytest
 from gradcheck import numerical_grad, relative_error, sample_indices
 
 from scratchvit import ops
+from scratchvit.ops.gelu import GELU_FORMS
 
 TOL = 1e-6
 STRICT_PROBES = 24  # elements probed per input on the strict device (each probe runs the op there twice)
@@ -113,7 +114,7 @@ CASES = {
                 lambda o, R, p: {"s": o.softmax_backward(o.copy(R), p)}),
     **{f"gelu_{a}": (lambda r: {"x": r.standard_normal((3, 7)) * 2},
                      lambda o, x, a=a: o.gelu_forward(x, a),
-                     lambda o, R, c: {"x": o.gelu_backward(R, c)}) for a in ("tanh", "erf")},
+                     lambda o, R, c: {"x": o.gelu_backward(R, c)}) for a in GELU_FORMS},
     "tanh": (lambda r: {"x": r.standard_normal((3, 4))}, lambda o, x: o.tanh_forward(x),
              lambda o, R, c: {"x": o.tanh_backward(R, c)}),
     **{f"pool_{cl}": (lambda r: {"x": r.standard_normal((2, 5, 3))},
@@ -285,7 +286,7 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
         ln, lc = ops.layer_norm_forward(x, scale, bias)
         lg = ops.layer_norm_backward(dy, lc)
         out = [y, dx, *g.values(), ln, *lg]
-        for approximate in ("tanh", "erf"):
+        for approximate in GELU_FORMS:
             gy, gc = ops.gelu_forward(h, approximate)
             out += [gy, ops.gelu_backward(dh, gc)]
         return out
@@ -295,7 +296,7 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
     # blocks on threads, BLAS held to one thread where it is OpenBLAS
     for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
-    monkeypatch.setattr(cpu, "_blas_fns", False)  # as with a BLAS that cannot be held...
+    monkeypatch.setattr(cpu, "_controller", False)  # as with a BLAS that cannot be held...
     monkeypatch.setattr(cpu, "SMALL_PRODUCT", 1)  # ...the products go by one query / key row
     from scratchvit.ops import attention
 
@@ -310,9 +311,12 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
 def test_single_threaded_blas_restores_the_thread_count():
     from scratchvit import cpu
 
-    if not cpu.blas_thread_fns():
-        pytest.skip("the BLAS here is not an OpenBLAS reachable through ctypes")
-    get, _ = cpu.blas_thread_fns()
+    if not cpu.blas_controller():
+        pytest.skip("no BLAS here that threadpoolctl can steer")
+
+    def get():
+        return cpu.blas_controller().info()[0]["num_threads"]
+
     before = get()
     with cpu.single_threaded_blas() as held:
         assert held and get() == 1

@@ -31,6 +31,7 @@ from ..backend import is_cupy, is_numpy, namespace
 from ..cpu import blockwise
 from .dense import fast_form, wide_dtype
 
+GELU_FORMS = ("tanh", "erf")  # the forms every module offers (configs, settings, the CLIs)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -151,7 +152,7 @@ def _rows(a):
 
 
 def _check(approximate):
-    if approximate not in ("tanh", "erf"):
+    if approximate not in GELU_FORMS:
         raise ValueError(f"gelu: approximate must be 'tanh' or 'erf', got {approximate!r}")
 
 
