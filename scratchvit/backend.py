@@ -18,7 +18,7 @@ in :mod:`scratchvit.cpu`.
 from __future__ import annotations
 
 import numpy as np
-from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namespace
+from array_api_compat import array_namespace, is_array_api_strict_namespace, is_cupy_namespace, is_numpy_namespace
 from array_api_compat import device as device_of
 from array_api_compat import to_device as _move
 
@@ -138,9 +138,9 @@ def _device_name(array) -> str:
         return "cpu"
     if is_cupy(xp):
         return "gpu"
-    if xp.__name__.startswith("array_api_strict") and device_of(array) == _strict().Device("device1"):
+    if is_array_api_strict_namespace(xp) and device_of(array) == _strict().Device("device1"):
         return "strict"
-    return "host-" + xp.__name__  # array_api_strict's CPU_DEVICE and other libraries: read via DLPack
+    return "host"  # array_api_strict's CPU_DEVICE and other libraries: read via DLPack
 
 
 def to_numpy(array) -> np.ndarray:
