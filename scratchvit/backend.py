@@ -140,8 +140,8 @@ def _device_name(array) -> str:
 def to_numpy(array) -> np.ndarray:
     """``array`` (NumPy, CuPy or array-api-strict, any shape) as a NumPy array: a device-to-host copy
     for device arrays, the array itself for a NumPy one. The one place data leaves a device."""
-    if isinstance(array, np.ndarray):
-        return array
+    if isinstance(array, (np.ndarray, np.generic)):  # a NumPy scalar (e.g. the optimiser's step) too
+        return np.asarray(array)
     name = _device_name(array)
     if name == "gpu":
         return array.get()
