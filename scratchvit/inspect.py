@@ -315,7 +315,8 @@ def plot_attention_distance(distance: np.ndarray, path, image_size: int, uniform
     Args:
         distance: (L, heads) pixels, from :func:`mean_attention_distance`.
         path: the PNG (written atomically). image_size: the input side in pixels, named in the caption.
-        uniform: if given, a dashed line at this distance (the value uniform attention would give).
+        uniform: if given, a dashed line at this distance (the value of attention spread evenly over the
+            patches: the mean distance between patch centres, :func:`patch_distances`).
 
     Raises:
         plot.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
@@ -329,12 +330,13 @@ def plot_attention_distance(distance: np.ndarray, path, image_size: int, uniform
                    label=f"head {h + 1}" if H <= 16 else None, zorder=3)
     if uniform is not None:
         ax.axhline(uniform, color="grey", linestyle="--", linewidth=1,
-                   label=f"uniform attention ({uniform:.1f} px)", zorder=2)
+                   label=f"uniform over patches\n({uniform:.1f} px)", zorder=2)
     top = max(float(np.nanmax(distance)) if distance.size else 0.0, uniform or 0.0)
     ax.set_ylim(0, 1.1 * top if top > 0 else 1)
     ax.set_xticks(np.arange(1, L + 1) if L <= 24 else np.arange(1, L + 1, 2))
+    ax.set_xlim(0.5, L + 0.5)
     ax.set(xlabel="network depth (layer)", ylabel="mean attention distance (pixels)",
-           title=f"Mean attention distance per head (image {image_size} px wide){title}")
+           title=f"Mean attention distance per head\n(image {image_size} px wide{title})")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
@@ -368,7 +370,8 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict) -> dict:
     uniform = float(patch_distances(g, c.patch_size).mean())
     plot_embedding_filters(comps, ratio, out / FILES[0])
     plot_position_similarity(sim, out / FILES[1])
-    plot_attention_distance(distance, out / FILES[2], c.image_size, uniform=uniform, title=f", {n} images")
+    plot_attention_distance(distance, out / FILES[2], c.image_size, uniform=uniform,
+                            title=f"; {n} image{'s' if n != 1 else ''}")
     doc = {
         "settings": {**settings, "images": n, "model_config": c.to_dict()},
         "embedding_filters": {
@@ -383,7 +386,7 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict) -> dict:
             "mean_attention_distance": distance.tolist(),
             "class_token_attention": None if share is None else share.tolist(),
             "class_token": "left out of queries and keys, not renormalised (its share counts as distance 0)",
-            "uniform_attention_pixels": uniform,
+            "uniform_over_patches_pixels": uniform,
             "per_block_min_max": [[float(row.min()), float(row.max())] for row in distance]},
     }
     write_text_atomic(out / FILES[3], json.dumps(doc, indent=1) + "\n")
