@@ -7,7 +7,9 @@ Sec. 4.5 and Appendix D.7) from any checkpoint the package loads.
 writes to ``--out``:
 
 * ``embedding_filters.png``: the first 28 principal components of the patch-embedding filters
-  (``embedding/kernel``, (P, P, 3, D): PCA over the D filters, each a P x P x 3 patch; Fig. 7 left);
+  (``embedding/kernel``, (P, P, 3, D): PCA over the D filters, each a P x P x 3 patch; Fig. 7 left;
+  for a model of grey images, MNIST or Fashion-MNIST, the filters summed over the 3 channels, the
+  part that acts on R = G = B inputs: ``--filters``);
 * ``position_similarity.png``: the cosine similarity of each patch position's position embedding
   with every other one, one small grid per position, one colour scale (Fig. 7 centre);
 * ``attention_distance.png``: the mean attention distance in pixels of every head against depth
@@ -45,6 +47,7 @@ from .predict import InputError, _load_image
 from .runs import run_gelu, run_info
 
 N_COMPONENTS = 28  # principal components drawn, as Fig. 7 left
+GREY_DATASETS = ("mnist", "fashion-mnist")  # R = G = B: --filters auto shows the filters summed over RGB
 FILES = ("embedding_filters.png", "position_similarity.png", "attention_distance.png", "inspect.json")
 
 
@@ -63,23 +66,28 @@ def _grid_side(n: int, what: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the numbers
-def embedding_components(kernel, n_components: int = N_COMPONENTS):
+def embedding_components(kernel, n_components: int = N_COMPONENTS, sum_channels: bool = False):
     """Principal components of the patch-embedding filters (paper Fig. 7 left).
 
     Each of the D filters of ``embedding/kernel`` is one sample, a P x P x C patch flattened to P*P*C
-    values; the samples are centred (their mean filter subtracted) and decomposed by SVD. Each
+    values; the samples are centred (their mean filter subtracted) and decomposed by SVD. With
+    ``sum_channels`` each filter is first summed over its C colour channels (C becomes 1): on grey
+    images (R = G = B, as MNIST and Fashion-MNIST) that sum is all of a filter that acts, while the
+    differences between its channels keep the random values of the initialisation. Each
     component's sign is fixed so that its entry of largest magnitude is positive (SVD signs are
     arbitrary), which makes the output reproducible.
 
     Args:
         kernel: (P, P, C, D) float array (NumPy or CuPy), the patch-embedding kernel.
         n_components: how many components to return (at most min(D, P*P*C) are returned).
+        sum_channels: PCA of the filters summed over the colour channels (grey inputs).
 
     Returns:
-        (components, variance, ratio): components (k, P, P, C) float64, orthonormal as k vectors of
-        P*P*C values, in decreasing order of variance; variance (k,) float64, the variance of the
-        filters along each component (squared singular value / (D - 1)); ratio (k,) float64, each
-        variance as a fraction of the filters' total variance (all zeros if the filters are all equal).
+        (components, variance, ratio): components (k, P, P, C) float64 (C = 1 with ``sum_channels``),
+        orthonormal as k vectors of P*P*C values, in decreasing order of variance; variance (k,)
+        float64, the variance of the filters along each component (squared singular value / (D - 1));
+        ratio (k,) float64, each variance as a fraction of the filters' total variance (all zeros if
+        the filters are all equal).
 
     Raises:
         ValueError: ``kernel`` is not 4-D or ``n_components`` < 1.
@@ -88,6 +96,8 @@ def embedding_components(kernel, n_components: int = N_COMPONENTS):
     if k.ndim != 4:
         raise ValueError(f"embedding_components: kernel must be (P, P, C, D), got shape {k.shape}")
     check_positive_int("n_components", n_components)
+    if sum_channels:
+        k = k.sum(axis=2, keepdims=True)
     p1, p2, c, d = k.shape
     x = k.reshape(p1 * p2 * c, d).T  # (D, P*P*C): one row per filter
     x = x - x.mean(axis=0)
@@ -240,7 +250,8 @@ def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, titl
 
     Args:
         components: (k, P, P, C) from :func:`embedding_components`; each is shown min-max scaled to
-            [0, 1] on its own (RGB for C = 3, grey otherwise), 7 to a row.
+            [0, 1] on its own (RGB for C = 3, grey otherwise: e.g. filters summed over the channels), 7 to
+            a row.
         ratio: (k,) explained variance ratios, shown in percent above each component.
         path: the PNG to write (atomically). title: appended to the figure's title.
 
@@ -263,8 +274,9 @@ def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, titl
                   interpolation="nearest", vmin=0, vmax=1)
         ax.set_title(f"PC {i + 1}: {100 * ratio[i]:.1f}%", fontsize=8)
     p = components.shape[1]
-    fig.suptitle(f"Patch-embedding filters: first {k} principal components ({p}x{p} px RGB; "
-                 f"% of variance){title}", fontsize=10)
+    what = "RGB" if components.shape[-1] == 3 else "summed over RGB"
+    fig.suptitle(f"Patch-embedding filters: first {k} principal components\n({p}x{p} px, {what}; "
+                 f"% of the filters' variance){title}", fontsize=10)
     fig.tight_layout()
     _save(fig, plt, path)
 
@@ -350,20 +362,21 @@ def _nan_to_none(a: np.ndarray):
     return [_nan_to_none(x) for x in a] if a.ndim > 1 else [None if math.isnan(v) else float(v) for v in a]
 
 
-def inspect_model(model: ViT, inputs, out: Path, settings: dict) -> dict:
+def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = False) -> dict:
     """Compute the three panels of Fig. 7 for ``model``, write the three PNGs and ``inspect.json`` to
     the folder ``out`` and return the JSON document.
 
     Args:
         model: a :class:`scratchvit.ViT`. inputs: batches as :func:`mean_attention_distance` takes.
         out: an existing folder. settings: recorded under "settings" (checkpoint, images, ...).
+        grey: PCA of the filters summed over the colour channels (``embedding_components(sum_channels=True)``).
 
     Raises:
         plot.InputError: matplotlib is missing. ValueError: no images, or images the model refuses.
         OSError: ``out`` cannot be written.
     """
     c = model.config
-    comps, var, ratio = embedding_components(model.params["embedding/kernel"])
+    comps, var, ratio = embedding_components(model.params["embedding/kernel"], sum_channels=grey)
     sim = position_similarity(model.params[POSEMB], c.classifier)
     distance, share, n = mean_attention_distance(model, inputs)
     g = c.image_size // c.patch_size
@@ -377,6 +390,7 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict) -> dict:
         "embedding_filters": {
             "kernel_shape": list(model.params["embedding/kernel"].shape),
             "method": "PCA over the D filters (each P*P*C values), centred, SVD",
+            "filters": "summed over the colour channels (grey inputs)" if grey else "RGB",
             "explained_variance": var.tolist(), "explained_variance_ratio": ratio.tolist()},
         "position_similarity": {
             "grid": g, "order": "row-major: index = row * grid + column; class token left out",
@@ -410,6 +424,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                   "embedding is resized bilinearly; default: the checkpoint's)")
     p.add_argument("--gelu", choices=("tanh", "erf"), help="GELU form of the weights (default: the run's "
                                                           "config.json next to the checkpoint, else tanh)")
+    p.add_argument("--filters", choices=("auto", "rgb", "grey"), default="auto",
+                   help="PCA of the RGB patch-embedding filters, or of the filters summed over the colour channels "
+                        "(grey: all that acts on grey images); default auto: grey for a model of mnist or "
+                        "fashion-mnist (--dataset, else the run's config.json), rgb otherwise")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="default: cpu")
     args = p.parse_args(argv)
     if bool(args.dataset) == bool(args.files):
@@ -430,7 +448,8 @@ def main(argv=None) -> int:
     try:
         _import_pyplot()  # before the slow part
         try:
-            gelu = args.gelu or run_gelu(run_info(args.checkpoint))
+            info = run_info(args.checkpoint)
+            gelu = args.gelu or run_gelu(info)
             model = ViT.from_checkpoint(args.checkpoint, image_size=args.image_size, device=args.device, gelu=gelu)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise InputError(str(e)) from e
@@ -450,14 +469,17 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"cannot make the --out folder {str(out)!r}: {e.strerror or e}") from e
+        trained_on = args.dataset or info.get("settings", {}).get("dataset")
+        grey = args.filters == "grey" or (args.filters == "auto" and trained_on in GREY_DATASETS)
         settings = {"checkpoint": str(args.checkpoint), "source": source, "image_size": S,
+                    "filters": "grey" if grey else "rgb",
                     "patch_size": model.config.patch_size, "batch_size": args.batch_size,
                     "device": args.device, "gelu": model.config.gelu}
         print(f"inspect: {len(images)} images of {S} px through {args.checkpoint}, "
               f"{args.batch_size} per batch, on {args.device}", file=sys.stderr)
         try:
             with Batches(images, np.zeros(len(images), np.int64), args.batch_size, S, train=False) as batches:
-                doc = inspect_model(model, (x for _, x, _ in batches), out, settings)
+                doc = inspect_model(model, (x for _, x, _ in batches), out, settings, grey=grey)
         except (ValueError, OSError) as e:
             raise InputError(str(e)) from e
     except (InputError, PlotInputError) as e:

@@ -214,6 +214,21 @@ def test_principal_components_of_filters_along_two_known_directions(rng):
     np.testing.assert_allclose(np.abs(comps.reshape(2, 12) @ np.stack([u, v]).T), np.eye(2), atol=1e-10)
 
 
+def test_principal_components_of_the_filters_summed_over_the_channels(rng):
+    # Per-channel parts that cancel in the sum (r, g, -r - g) are invisible on grey images: summed over the
+    # channels, the filters are a_d u (a P*P pattern u), one component u with all the variance.
+    u = rng.standard_normal((3, 3))
+    u /= np.linalg.norm(u)
+    a = rng.standard_normal(50)
+    r, g = rng.standard_normal((2, 3, 3, 50))
+    kernel = np.stack([r + a * u[..., None], g, -r - g], axis=2)  # (3, 3, 3, 50)
+    comps, var, ratio = si.embedding_components(kernel, sum_channels=True)
+    assert comps.shape == (9, 3, 3, 1)
+    np.testing.assert_allclose(np.abs(comps[0, ..., 0]), np.abs(u), atol=1e-10)
+    np.testing.assert_allclose(var[0], np.var(a, ddof=1), rtol=1e-10)
+    np.testing.assert_allclose(ratio[0], 1, rtol=1e-10)
+
+
 # ------------------------------------------------------------------------------------ the CLI
 def write_checkpoint(tmp_path, classifier="token", image_size=S, patch=P):
     model = tiny_model(classifier, image_size=image_size, patch=patch)
@@ -257,6 +272,7 @@ def test_cli_end_to_end_on_image_files(tmp_path, rng):
     assert f"wrote {out / 'inspect.json'}" in r.stdout
     doc = check_outputs(out)
     assert doc["settings"]["source"] == {"files": files} and doc["settings"]["batch_size"] == 2
+    assert doc["settings"]["filters"] == "rgb"  # no config.json saying the model saw grey images
     model = sv.ViT.from_checkpoint(ckpt)
     x = to_float(np.stack([_load_image(f, S) for f in files]))
     dist, share, _ = si.mean_attention_distance(model, [x])
@@ -280,6 +296,7 @@ def test_cli_end_to_end_on_a_dataset_with_resized_position_embeddings(tmp_path, 
     doc = check_outputs(out, grid=6, images=4)  # 42 / 7: a 6 x 6 grid
     assert doc["settings"]["source"] == {"dataset": "fashion-mnist", "split": "test", "first": 4}
     assert doc["attention_distance"]["class_token_attention"] is None
+    assert doc["settings"]["filters"] == "grey"  # Fashion-MNIST: the filters summed over R, G, B
 
 
 def run_error(capsys, argv):
