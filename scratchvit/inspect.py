@@ -322,7 +322,8 @@ def plot_position_similarity(sim: np.ndarray, path, title: str = "") -> None:
 def plot_attention_distance(distance: np.ndarray, path, image_size: int, uniform: float | None = None,
                             title: str = "") -> None:
     """Draw the mean attention distance (Fig. 7 right) to the PNG ``path``: one dot per head, network
-    depth (block 1..L) on x, mean attention distance in pixels on y, one colour per head.
+    depth (block 1..L) on x, mean attention distance in pixels on y, one colour per head (the heads of a
+    block side by side, at most 0.25 of a block apart, so that equal values do not hide each other).
 
     Args:
         distance: (L, heads) pixels, from :func:`mean_attention_distance`.
@@ -337,8 +338,9 @@ def plot_attention_distance(distance: np.ndarray, path, image_size: int, uniform
     L, H = distance.shape
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     colours = plt.get_cmap("tab20" if H > 10 else "tab10")
+    spread = min(0.05, 0.5 / H)  # heads side by side around each block, so that equal values stay visible
     for h in range(H):
-        ax.scatter(np.arange(1, L + 1), distance[:, h], s=22, color=colours(h % colours.N),
+        ax.scatter(np.arange(1, L + 1) + (h - (H - 1) / 2) * spread, distance[:, h], s=22, color=colours(h % colours.N),
                    label=f"head {h + 1}" if H <= 16 else None, zorder=3)
     if uniform is not None:
         ax.axhline(uniform, color="grey", linestyle="--", linewidth=1,
