@@ -302,7 +302,8 @@ def plot_position_similarity(sim: np.ndarray, path, title: str = "") -> None:
         for c in range(g):
             mosaic[r * step:r * step + g, c * step:c * step + g] = tiles[r, c]
     side = min(9.0, 3.0 + 0.35 * g)
-    fig, ax = plt.subplots(figsize=(side + 1.3, side), dpi=100)
+    dpi = max(100, math.ceil(2.5 * len(mosaic) / (0.75 * side)))  # >= 2 pixels a cell: the blank lines stay even
+    fig, ax = plt.subplots(figsize=(side + 1.3, side), dpi=dpi)
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")
     im = ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     ticks = np.arange(g) * step + (g - 1) / 2
