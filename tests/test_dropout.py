@@ -314,3 +314,21 @@ def test_the_dropped_model_on_the_strict_device_equals_numpy(rng):
         # the key bias has a mathematically zero gradient (softmax ignores a shift shared by a row): an absolute bound
         ref = grads[k.replace("key/bias", "key/kernel")]
         assert np.abs(g - grads[k]).max() <= 1e-12 * np.abs(ref).max(), k
+
+
+def test_fp16_training_step_draws_the_fp32_masks(rng):
+    """Mixed precision with every regulariser on: the float16 pass draws the masks of the float32 one (the same
+    key), so its loss is close to the float32 loss (float16 rounding only) and the step is finite."""
+    images, labels = rng.uniform(-1, 1, (6, 16, 16, 3)), rng.integers(0, 5, 6)
+    model = small_model(np.random.default_rng(3), dtype="float32", **RATES)
+    key = RngKey(1, 4, 0)
+    loss32, _ = step.loss_and_grads(model, images.astype(np.float32), labels, train=True, key=key)
+    half = model.cast("float16")
+    loss16, grads16 = step.loss_and_grads(half, images.astype(np.float16), labels, train=True, key=key,
+                                          grad_dtype=np.float32)
+    assert abs(float(loss16) - float(loss32)) < 1e-2 * abs(float(loss32))
+    assert all(np.isfinite(g).all() for g in grads16.values())
+    opt = optim.make_optimizer("adamw")
+    result = step.train_step(model, opt, opt.init(model.params), images, labels, 1e-3, precision="fp16",
+                             loss_scale=step.LossScale(), step=4, seed=1)
+    assert np.isfinite(result.loss) and not result.skipped
