@@ -4,8 +4,10 @@
     drop_path(h)_b = h_b * m_b / (1 - p),   m_b ~ Bernoulli(1 - p), one draw per sample b
     dh_b = dy_b * m_b / (1 - p)
 
-as timm's ``drop_path`` (``timm/layers/drop.py``; DeiT's ``drop_path_rate``, block i of L at rate
-``drop_path_rate * i / (L - 1)``, the linear rule of Huang et al. Sec. 3). The draws come from the
+as timm's ``drop_path`` (``timm/layers/drop.py``). The model gives block i of L the rate
+``drop_path_rate * i / (L - 1)`` (timm / DeiT: ``linspace(0, drop_path_rate, L)``), Huang et al.'s linear
+decay rule (Sec. 3, rate rising linearly with depth) indexed so that the first block is never dropped
+(:meth:`scratchvit.configs.ViTConfig.drop_path_rate_of`). The draws come from the
 counter-based generator of :mod:`scratchvit.ops.dropout` (one column per row), so a part of a batch
 draws for its rows what the whole batch draws, on every namespace.
 
