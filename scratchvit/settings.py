@@ -52,7 +52,13 @@ class TrainSettings:
                             "(None: a system copy, then the data/ cache, then download)")
     augment: str = setting("inception", 1, "training augmentation: inception = random crop of crop-min-area to "
                            "100%% area + flip (the paper's fine-tuning); crop-flip = pad by 1/8 and random crop + "
-                           "flip; flip; none", AUGMENTS)
+                           "flip; pad-crop-flip = pad by --pad pixels and random crop + flip; flip; none", AUGMENTS)
+    pad: int = setting(4, 1, "pixels of zero padding before the random crop of --augment pad-crop-flip")
+    random_erasing: float = setting(0.0, 1, "probability that a training image gets a random-erasing rectangle "
+                                    "(Zhong et al. 2020: 2-33%% of the area, aspect 0.3-3.3, random values)")
+    mixup: float = setting(0.0, 1, "mixup alpha (Zhang et al. 2018; lambda ~ Beta(alpha, alpha)); 0: off; with "
+                           "--cutmix too, one of the two per batch with p = 0.5; soft targets")
+    cutmix: float = setting(0.0, 1, "CutMix alpha (Yun et al. 2019); 0: off")
     crop_min_area: float = setting(0.05, 1, "smallest crop area for --augment inception")
     val_fraction: float = setting(0.02, 1, "share of the training set held out for validation")
     workers: int = setting(2, 1, "threads preparing batches in the background")
@@ -68,6 +74,11 @@ class TrainSettings:
     mlp_dim: int = setting(None, 2, "MLP hidden width (None: the model's)")
     classifier: str = setting(None, 2, "class token or global average pooling (None: the model's)", CLASSIFIERS)
     gelu: str = setting(None, 2, "GELU form (None: tanh, as the official model)", GELU_FORMS)
+    dropout: float = setting(0.0, 2, "dropout rate after the position embeddings, on the attention output and "
+                             "in the MLP (after the GELU and after the second dense layer), as vit_jax's dropout_rate")
+    attention_dropout: float = setting(0.0, 2, "dropout rate of the attention probabilities (attention_dropout_rate)")
+    drop_path: float = setting(0.0, 2, "stochastic depth: the largest per-sample drop rate of a residual branch, "
+                               "rising linearly from 0 in the first block to this in the last (drop_path_rate)")
     checkpoint: str = setting(None, 2, "fine-tune from this official .npz (e.g. ViT-B_16.npz): the geometry comes "
                               "from the file, the head is replaced by a zero head, the position embeddings are "
                               "resized")
@@ -137,6 +148,14 @@ class TrainSettings:
             self.check_warmup(self.steps)
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+        for k in ("dropout", "attention_dropout", "drop_path"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ValueError(f"{flag(k)} must lie in [0, 1), got {getattr(self, k)}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ValueError(f"--random-erasing must lie in [0, 1], got {self.random_erasing}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"--mixup and --cutmix must be >= 0, got {self.mixup} and {self.cutmix}")
+        check_positive_int("--pad", self.pad, 0)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
         if self.model not in MODELS:

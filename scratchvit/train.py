@@ -54,16 +54,23 @@ def build_model(s: TrainSettings, num_classes: int):
     starts: a zero head of ``num_classes`` (whatever the file's class count), no pre-logits, the
     position-embedding grid resized to --image-size."""
     if s.checkpoint:
-        return ViT.from_checkpoint(s.checkpoint, num_classes=num_classes, image_size=s.image_size,
-                                   device=s.device, dtype=s.dtype, gelu=s.gelu, new_head=True)
+        model = ViT.from_checkpoint(s.checkpoint, num_classes=num_classes, image_size=s.image_size,
+                                    device=s.device, dtype=s.dtype, gelu=s.gelu, new_head=True)
+        model.config = model.config.replace(**regularisers(s))
+        return model
     return ViT(model_config(s, num_classes), seed=s.seed, device=s.device, dtype=s.dtype)
+
+
+def regularisers(s: TrainSettings) -> dict:
+    """The ViTConfig rates of --dropout, --attention-dropout and --drop-path (official field names)."""
+    return {"dropout_rate": s.dropout, "attention_dropout_rate": s.attention_dropout, "drop_path_rate": s.drop_path}
 
 
 def model_config(s: TrainSettings, num_classes: int = 1):
     """The geometry of a fresh model from --model and its overrides (raises ValueError on a bad one)."""
     return get_config(s.model, image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.hidden_size,
                       num_layers=s.num_layers, num_heads=s.num_heads, mlp_dim=s.mlp_dim, classifier=s.classifier,
-                      gelu=s.gelu, num_classes=num_classes, representation_size=None)
+                      gelu=s.gelu, num_classes=num_classes, representation_size=None, **regularisers(s))
 
 
 def input_size(s: TrainSettings) -> int:
@@ -159,7 +166,7 @@ def train_step(run: Run, x, y, step: int, stop: bool = False) -> StepResult:
     s = run.settings
     return train_one_step(run.model, run.opt, run.opt_state, x, y, run.lr(step), dist=run.dist,
                           accum_steps=s.accum_steps, label_smoothing=s.label_smoothing, grad_clip=s.grad_clip,
-                          precision=s.precision, loss_scale=run.loss_scale, step=step, stop=stop)
+                          precision=s.precision, loss_scale=run.loss_scale, step=step, stop=stop, seed=s.seed)
 
 
 @contextlib.contextmanager
@@ -208,7 +215,8 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     bar = progress_bar(s, dist, run.total_steps, step)
     batches = Batches(tr_x, tr_y, s.batch_size, run.model.config.image_size, train=True, augment=s.augment,
                       seed=s.seed, start_step=step, workers=s.workers, crop_min_area=s.crop_min_area,
-                      skip_bad_images=s.skip_bad_images)
+                      skip_bad_images=s.skip_bad_images, pad=s.pad, random_erasing=s.random_erasing,
+                      mixup=s.mixup, cutmix=s.cutmix, num_classes=run.model.config.num_classes)
     stop = False  # Ctrl-C, as the last step's collective decision (every rank the same, under MPI)
     with interrupts_between_steps() as pressed:
         try:

@@ -73,6 +73,22 @@ def _attention_case(heads):
     return make, fwd, bwd
 
 
+def _attention_dropout_case(heads):
+    """Attention with a fixed dropout multiplier of the probabilities (an input the check does not perturb)."""
+    def make(rng):
+        keep = (rng.random((2, heads, 5, 5)) >= 0.3) / 0.7
+        return {"x": rng.standard_normal((2, 5, 12)), "keep": keep, **attention_params(rng, 12, heads, scale=0.5)}
+
+    def fwd(o, x, keep, **p):
+        return o.attention_forward(x, p, keep)
+
+    def bwd(o, R, cache):
+        dx, g = o.attention_backward(R, cache)
+        return {"x": dx, **g}
+
+    return make, fwd, bwd
+
+
 def _pre_logits_forward(o, x, kernel, bias):
     """The official pre-logits layer: Dense then tanh."""
     h, c1 = o.dense_forward(x, kernel, bias)
@@ -90,6 +106,10 @@ def _named(names, grads):
 
 
 LABELS = np.array([0, 4, 2, 2])
+# soft targets (mixup / CutMix), dyadic so that they are exact rows of probabilities in float16 too
+SOFT = np.array([[0.5, 0.25, 0.125, 0.125, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0],
+                 [0.0, 0.75, 0.25, 0.0, 0.0], [0.0625, 0.0625, 0.125, 0.25, 0.5]])
+KEY = ops.RngKey(seed=7, step=3, row=5)  # a fixed key: a fixed dropout / drop-path mask
 # id -> (make(rng) -> inputs, forward(form, **inputs) -> (output, cache), backward(form, R, cache) -> {input: grad})
 CASES = {
     "dense": (lambda r: {"x": r.standard_normal((2, 3, 5)), "kernel": r.standard_normal((5, 4)),
@@ -124,6 +144,18 @@ CASES = {
                                 lambda o, logits, eps=eps: o.softmax_cross_entropy_forward(logits, o.move(LABELS), eps),
                                 lambda o, R, c: {"logits": o.softmax_cross_entropy_backward(c, R)})
        for name, eps in (("", 0.0), ("_label_smoothing", 0.1))},
+    **{f"cross_entropy_soft{name}": (lambda r: {"logits": r.standard_normal((4, 5)) * 3, "targets": SOFT},
+                                     lambda o, logits, targets, eps=eps: o.softmax_cross_entropy_forward(
+                                         logits, targets, eps),
+                                     lambda o, R, c: {"logits": o.softmax_cross_entropy_backward(c, R)})
+       for name, eps in (("", 0.0), ("_label_smoothing", 0.1))},
+    **{f"attention_dropout_{h}_heads": _attention_dropout_case(h) for h in (1, 3)},
+    "dropout": (lambda r: {"x": r.standard_normal((3, 4, 6))},
+                lambda o, x: o.dropout_forward(x, 0.3, KEY, 2),
+                lambda o, R, c: {"x": o.dropout_backward(R, c)}),
+    "drop_path": (lambda r: {"x": r.standard_normal((8, 3, 4))},
+                  lambda o, x: o.drop_path_forward(x, 0.4, KEY, 3),
+                  lambda o, R, c: {"x": o.drop_path_backward(R, c)}),
 }
 
 

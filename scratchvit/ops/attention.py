@@ -135,13 +135,15 @@ def _heads(qkv):
     return (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
 
 
-def _core_forward(qkv, a, ctx, whole):
-    """A = softmax(q k^T) and ctx = A v for a block of images, a chunk of query rows at a time.
+def _core_forward(qkv, a, ctx, whole, keep=None):
+    """A = softmax(q k^T) and ctx = A v (ctx = (A * keep) v with attention dropout) for a block of images,
+    a chunk of query rows at a time.
 
     Args:
         qkv: (b, N, 3, H, hd) projections, the queries already scaled by 1/sqrt(hd).
-        a: (b, H, N, N) output, the attention weights (kept for the backward).
+        a: (b, H, N, N) output, the attention weights (kept for the backward; never dropped).
         ctx: (b, H, N, hd) output, a view of the heads-side-by-side (b, N, H, hd) array.
+        keep: (b, H, N, N) dropout multiplier of the weights, or None.
     """
     xp = np
     q, k, v = _heads(qkv)
@@ -149,15 +151,17 @@ def _core_forward(qkv, a, ctx, whole):
     for r in _row_chunks(q.shape[2], q.shape[2], q.shape[3], whole):
         xp.matmul(q[:, :, r], kt, out=a[:, :, r])  # scores of these queries, (b, H, R, N)
         _softmax_rows(a[:, :, r])
-        xp.matmul(a[:, :, r], v, out=ctx[:, :, r])
+        weights = a[:, :, r] if keep is None else a[:, :, r] * keep[:, :, r]
+        xp.matmul(weights, v, out=ctx[:, :, r])
 
 
-def _core_backward(qkv, a, dctx, dqkv, whole):
+def _core_backward(qkv, a, dctx, dqkv, whole, keep=None):
     """Gradients through softmax(q k^T) v for a block of images (q already scaled), into ``dqkv``
     (b, N, 3, H, hd), the same layout as ``qkv``:
 
         dA = dctx v^T,  dS = A * (dA - rowsum(dA * A)),  dq = dS k,  dk = dS^T q,  dv = A^T dctx
 
+    With attention dropout (``keep``, the forward's multiplier M): dA = (dctx v^T) * M and dv = (A * M)^T dctx.
     dA, dS and dq go by chunks of query rows, dk and dv by chunks of key rows (no partial sums).
     """
     xp = np
@@ -168,20 +172,23 @@ def _core_backward(qkv, a, dctx, dqkv, whole):
     vt = v.transpose(0, 1, 3, 2)
     for r in _row_chunks(N, N, hd, whole):
         xp.matmul(dctx[:, :, r], vt, out=ds[:, :, r])  # dA
+        if keep is not None:
+            ds[:, :, r] *= keep[:, :, r]
         _softmax_backward_rows(ds[:, :, r], a[:, :, r])  # dS, in place
         xp.matmul(ds[:, :, r], k, out=dq[:, :, r])
     ds_t, a_t = ds.transpose(0, 1, 3, 2), a.transpose(0, 1, 3, 2)
     for c in _row_chunks(N, hd, N, whole):
         xp.matmul(ds_t[:, :, c], q, out=dk[:, :, c])
-        xp.matmul(a_t[:, :, c], dctx, out=dv[:, :, c])
+        weights_t = a_t[:, :, c] if keep is None else (a[:, :, :, c] * keep[:, :, :, c]).transpose(0, 1, 3, 2)
+        xp.matmul(weights_t, dctx, out=dv[:, :, c])
 
 
-def attention_forward_plain(x, p):
+def attention_forward_plain(x, p, keep=None):
     """Plain form (array API) of :func:`attention_forward`; its cache is a dict, read by
     :func:`attention_backward_plain` and :func:`attention_weights`.
 
         q = (x Wq + bq) / sqrt(hd),  k = x Wk + bk,  v = x Wv + bv      (B, H, N, hd) each
-        A = softmax(q k^T)  (float32 for float16 inputs),  ctx = A v,  y = concat_heads(ctx) Wout + bout
+        A = softmax(q k^T)  (float32 for float16 inputs),  ctx = (A * keep) v,  y = concat_heads(ctx) Wout + bout
     """
     xp = namespace(x, *p.values())
     B, N, D = x.shape
@@ -195,9 +202,10 @@ def attention_forward_plain(x, p):
 
     q, k, v = project("query") * scale, project("key"), project("value")
     a = softmax_forward_plain(xp.matmul(q, k.mT))  # (B, H, N, N)
-    ctx2d = xp.reshape(xp.permute_dims(xp.matmul(a, v), (0, 2, 1, 3)), (B * N, H * hd))  # heads side by side
+    weights = a if keep is None else a * keep  # attention dropout on the probabilities
+    ctx2d = xp.reshape(xp.permute_dims(xp.matmul(weights, v), (0, 2, 1, 3)), (B * N, H * hd))  # heads side by side
     y = xp.matmul(ctx2d, xp.reshape(p["out/kernel"], (H * hd, D))) + p["out/bias"]
-    cache = {"x2d": x2d, "p": p, "q": q, "k": k, "v": v, "a": a, "ctx2d": ctx2d, "scale": scale}
+    cache = {"x2d": x2d, "p": p, "q": q, "k": k, "v": v, "a": a, "ctx2d": ctx2d, "scale": scale, "keep": keep}
     return xp.reshape(y, (B, N, D)), cache
 
 
@@ -205,7 +213,7 @@ def attention_backward_plain(dy, cache):
     """Plain form (array API) of :func:`attention_backward`, for a cache of :func:`attention_forward_plain`:
 
         dWout = ctx^T dy,  dbout = sum_rows dy,  dctx = dy Wout^T
-        dA = dctx v^T,  dS = A * (dA - rowsum(dA * A))  (float32 for float16),  dv = A^T dctx
+        dA = (dctx v^T) * keep,  dS = A * (dA - rowsum(dA * A))  (float32 for float16),  dv = (A * keep)^T dctx
         dq = dS k / sqrt(hd),  dk = dS^T q   (q scaled),  dW = x^T dproj,  db = sum_rows dproj,  dx = sum dproj W^T
     """
     x2d, p, q, k, v, a, ctx2d, scale = (cache[n] for n in ("x2d", "p", "q", "k", "v", "a", "ctx2d", "scale"))
@@ -219,8 +227,13 @@ def attention_backward_plain(dy, cache):
         "out/bias": sum_rows_plain(dy2d, p["out/bias"].dtype),
     }
     dctx = xp.permute_dims(xp.reshape(xp.matmul(dy2d, w_out.mT), (B, N, H, hd)), (0, 2, 1, 3))
-    ds = softmax_backward_plain(xp.matmul(dctx, v.mT), a)  # (B, H, N, N)
-    dproj = {"query": xp.matmul(ds, k) * scale, "key": xp.matmul(ds.mT, q), "value": xp.matmul(a.mT, dctx)}
+    keep = cache["keep"]
+    da = xp.matmul(dctx, v.mT)
+    weights = a
+    if keep is not None:  # attention dropout: through the multiplier
+        da, weights = da * keep, a * keep
+    ds = softmax_backward_plain(da, a)  # (B, H, N, N)
+    dproj = {"query": xp.matmul(ds, k) * scale, "key": xp.matmul(ds.mT, q), "value": xp.matmul(weights.mT, dctx)}
     dx = None
     for name, d in dproj.items():
         d2d = xp.reshape(xp.permute_dims(d, (0, 2, 1, 3)), (B * N, H * hd))
@@ -232,7 +245,7 @@ def attention_backward_plain(dy, cache):
     return xp.reshape(dx, (B, N, D)), grads
 
 
-def attention_forward(x, p):
+def attention_forward(x, p, keep=None):
     """Multi-head self-attention on ``x`` (B, N, D) (paper Eq. 2 and Appendix A; vit_jax ``Encoder1DBlock``,
     Flax ``nn.MultiHeadDotProductAttention``).
 
@@ -240,6 +253,11 @@ def attention_forward(x, p):
         x: (B, N, D) float16/float32/float64.
         p: dict with the official sub-names "query/kernel", "query/bias", "key/...", "value/...",
            "out/kernel", "out/bias" (shapes as in the module docstring), x's namespace, device and dtype.
+        keep: attention dropout (Flax ``nn.MultiHeadDotProductAttention(dropout_rate=...)``, which drops
+           the probabilities before they weight the values): a (B, H, N, N) multiplier of x's dtype,
+           namespace and device, 0 where dropped and 1 / (1 - rate) where kept
+           (:func:`scratchvit.ops.dropout.keep_mask`); None: no dropout. ctx = (A * keep) v; the cached
+           weights (:func:`attention_weights`) stay A.
 
     Returns:
         y (B, N, D), x's dtype, and the cache for :func:`attention_backward` (a tuple for the NumPy fast
@@ -248,12 +266,12 @@ def attention_forward(x, p):
     Raises:
         TypeError: arrays of different libraries; ValueError: (array-api-strict) arrays on different devices.
     """
-    if fast_form(namespace(x, *p.values()), x, *p.values()):
-        return _attention_forward_numpy(x, p)
-    return attention_forward_plain(x, p)
+    if fast_form(namespace(x, keep, *p.values()), x, keep, *p.values()):
+        return _attention_forward_numpy(x, p, keep)
+    return attention_forward_plain(x, p, keep)
 
 
-def _attention_forward_numpy(x, p):
+def _attention_forward_numpy(x, p, keep=None):
     xp = np
     B, N, D = x.shape
     _, H, hd = p["query/kernel"].shape
@@ -269,12 +287,16 @@ def _attention_forward_numpy(x, p):
     a = xp.empty((B, H, N, N), dtype=x.dtype)  # attention weights
     ctx = xp.empty((B, N, H, hd), dtype=x.dtype)  # heads side by side, ready for the out projection
     with single_threaded_blas() as whole:
-        blockwise(lambda *blk: _core_forward(*blk, whole), qkv.reshape(B, N, 3, H, hd), a, ctx.transpose(0, 2, 1, 3))
+        blocks = (qkv.reshape(B, N, 3, H, hd), a, ctx.transpose(0, 2, 1, 3))
+        if keep is None:
+            blockwise(lambda *blk: _core_forward(*blk, whole), *blocks)
+        else:
+            blockwise(lambda *blk: _core_forward(*blk[:3], whole, blk[3]), *blocks, keep)
     ctx2d = ctx.reshape(B * N, H * hd)
     w_out = p["out/kernel"].reshape(H * hd, D)
     y = ctx2d @ w_out
     y += p["out/bias"]
-    cache = (x2d, w_qkv, qkv, a, ctx2d, w_out, (B, N, D, H, hd), scale)
+    cache = (x2d, w_qkv, qkv, a, ctx2d, w_out, (B, N, D, H, hd), scale, keep)
     return y.reshape(B, N, D), cache
 
 
@@ -306,7 +328,7 @@ def attention_backward(dy, cache):
 
 def _attention_backward_numpy(dy, cache):
     xp = np
-    x2d, w_qkv, qkv, a, ctx2d, w_out, (B, N, D, H, hd), scale = cache
+    x2d, w_qkv, qkv, a, ctx2d, w_out, (B, N, D, H, hd), scale, keep = cache
     dy2d = dy.reshape(B * N, D)
     grads = {
         "out/kernel": (ctx2d.T @ dy2d).reshape(H, hd, D),
@@ -315,7 +337,11 @@ def _attention_backward_numpy(dy, cache):
     dctx = (dy2d @ w_out.T).reshape(B, N, H, hd).transpose(0, 2, 1, 3)  # (B, H, N, hd) view
     dqkv = xp.empty((B, N, 3, H, hd), dtype=dy.dtype)  # gradients of the scaled q, of k and v
     with single_threaded_blas() as whole:
-        blockwise(lambda *blk: _core_backward(*blk, whole), qkv.reshape(B, N, 3, H, hd), a, dctx, dqkv)
+        blocks = (qkv.reshape(B, N, 3, H, hd), a, dctx, dqkv)
+        if keep is None:
+            blockwise(lambda *blk: _core_backward(*blk, whole), *blocks)
+        else:
+            blockwise(lambda *blk: _core_backward(*blk[:4], whole, blk[4]), *blocks, keep)
     dqkv2d = dqkv.reshape(B * N, 3 * D)
     dw = x2d.T @ dqkv2d  # (D, 3D)
     db = sum_rows(dqkv2d)
