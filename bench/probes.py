@@ -52,15 +52,13 @@ def peak_rss_bytes() -> int:
 
 
 def blas_threads() -> str:
-    """BLAS thread counts as threadpoolctl reports them, else what the environment says."""
-    try:
-        from threadpoolctl import threadpool_info  # optional
+    """Thread-pool sizes (BLAS, OpenMP) as threadpoolctl (a scratchvit dependency) reports them, else what
+    the environment says (no BLAS loaded yet)."""
+    from threadpoolctl import threadpool_info
 
-        info = [f"{d.get('internal_api')}={d.get('num_threads')}" for d in threadpool_info()]
-        if info:
-            return ", ".join(info)
-    except Exception:  # noqa: BLE001  (threadpoolctl is optional; any failure falls back to the environment)
-        pass
+    info = [f"{d.get('internal_api')}={d.get('num_threads')}" for d in threadpool_info()]
+    if info:
+        return ", ".join(info)
     env = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     return f"{env} (from env)" if env else f"library default ({os.cpu_count()} cores)"
 

@@ -18,7 +18,7 @@ in :mod:`scratchvit.cpu`.
 from __future__ import annotations
 
 import numpy as np
-from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namespace
+from array_api_compat import array_namespace, is_array_api_strict_namespace, is_cupy_namespace, is_numpy_namespace
 from array_api_compat import device as device_of
 from array_api_compat import to_device as _move
 
@@ -138,15 +138,17 @@ def _device_name(array) -> str:
         return "cpu"
     if is_cupy(xp):
         return "gpu"
-    if xp.__name__.startswith("array_api_strict") and device_of(array) == _strict().Device("device1"):
+    if is_array_api_strict_namespace(xp) and device_of(array) == _strict().Device("device1"):
         return "strict"
-    return "host-" + xp.__name__  # array_api_strict's CPU_DEVICE and other libraries: read via DLPack
+    return "host"  # array_api_strict's CPU_DEVICE and other libraries: read via DLPack
 
 
 def to_numpy(array) -> np.ndarray:
     """``array`` (NumPy, CuPy or array-api-strict, any shape) as a NumPy array: a device-to-host copy
     for device arrays, the array itself for a NumPy one. The one place data leaves a device."""
-    if isinstance(array, (np.ndarray, np.generic)):
+    if isinstance(array, np.ndarray):
+        return array
+    if isinstance(array, np.generic):  # a NumPy scalar (a 0-d result of NumPy): no __dlpack__
         return np.asarray(array)
     name = _device_name(array)
     if name == "gpu":
@@ -181,11 +183,3 @@ def to_device(array, device: str, dtype=None):
         array = xp.astype(array, dtype_of(xp, dtype))
     return array
 
-
-def get_xp(*arrays):
-    """The raw module (``numpy`` or ``cupy``) of ``arrays``, for the NumPy fast forms' ``out=``/``einsum``
-    calls. Plain forms use :func:`namespace` instead."""
-    for a in arrays:
-        if type(a).__module__.startswith("cupy"):
-            return cupy_or_error()
-    return np

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .configs import ViTConfig
-from .files import write_atomic
+from .files import write_atomic, write_error
 from .params import ATTN, MLP, POSEMB, check_finite, check_params, is_official_name, param_shapes
 
 # Linen / big_vision spelling of the sub-modules of an encoder block -> the official pre-Linen one.
@@ -36,12 +36,19 @@ def save_npz_atomic(path, arrays: dict) -> None:
 
     Raises:
         ValueError: ``path`` does not end in ".npz".
+        WriteError: the file cannot be written (a full disk: the message gives the size it needs).
     """
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"checkpoint path must end in .npz, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: np.savez(f, **{k: to_numpy(v) for k, v in arrays.items()}))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from e
+    arrays = {k: to_numpy(v) for k, v in arrays.items()}
+    # the file's size: the data, plus per array a .npy header (128 bytes) and two zip headers naming it
+    size = sum(a.nbytes + 128 + 2 * (len(k) + 50) for k, a in arrays.items()) + 22
+    write_atomic(path, lambda f: np.savez(f, **arrays), size=size)
 
 
 def save_checkpoint(path, params: dict, dtype="float32") -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .ops.gelu import GELU_FORMS
+
 CLASSIFIERS = ("token", "gap")
-GELUS = ("tanh", "erf")
+RATES = ("dropout_rate", "attention_dropout_rate", "drop_path_rate")  # the regularisers' fields
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,14 @@ class ViTConfig:
         classifier: "token" (class token, read token 0) or "gap" (mean over tokens, no class token).
         representation_size: width of the tanh pre-logits layer, or None for no pre-logits.
         gelu: "tanh" (the official Flax default) or "erf" (exact; PyTorch/timm weights).
+        dropout_rate: dropout after the position embeddings, on the attention output, after the MLP's
+            GELU and after its second dense layer (official vit_jax ``models_vit.py`` names and places).
+        attention_dropout_rate: dropout on the attention probabilities (official name).
+        drop_path_rate: stochastic depth (Huang et al. 2016) of the residual branches, per sample; block i
+            of L drops at ``drop_path_rate * i / (L - 1)`` (DeiT / timm ``drop_path_rate``).
+        The three rates act only in training steps (``train=True`` with a key,
+        :meth:`scratchvit.ViT.part_loss_and_grads`); evaluation, prediction and attention maps never
+        drop. Rates in [0, 1); 0 by default.
     """
 
     image_size: int = 224
@@ -39,6 +49,9 @@ class ViTConfig:
     classifier: str = "token"
     representation_size: int | None = None
     gelu: str = "tanh"
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
 
     def __post_init__(self):
         for f in ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "num_classes"):
@@ -61,8 +74,17 @@ class ViTConfig:
             raise ValueError(
                 f"ViTConfig.representation_size must be None or a positive integer, got {self.representation_size!r}"
             )
-        if self.gelu not in GELUS:
-            raise ValueError(f"ViTConfig.gelu must be one of {GELUS}, got {self.gelu!r}")
+        if self.gelu not in GELU_FORMS:
+            raise ValueError(f"ViTConfig.gelu must be one of {GELU_FORMS}, got {self.gelu!r}")
+        for f in RATES:
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ValueError(f"ViTConfig.{f} must lie in [0, 1), got {v!r}")
+
+    def drop_path_rate_of(self, block: int) -> float:
+        """Block ``block``'s (0-based) stochastic-depth rate: ``drop_path_rate * block / (L - 1)`` (timm's
+        ``linspace(0, drop_path_rate, L)``; 0 for a single block)."""
+        return self.drop_path_rate * block / (self.num_layers - 1) if self.num_layers > 1 else 0.0
 
     @property
     def grid_size(self) -> int:

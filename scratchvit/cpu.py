@@ -11,7 +11,8 @@ library in the process, PyTorch included, for as long as the process lives):
   (unless set) only while NumPy is not imported yet; later it can no longer take effect, which is
   why the training step holds OpenBLAS to one thread instead (next item), so that no OpenBLAS
   thread is left to spin while scratchvit's threads run.
-* :func:`blas_threads` - OpenBLAS's thread count, changed through its C API (ctypes) for the
+* :func:`blas_threads` - the BLAS's thread count (OpenBLAS, MKL, BLIS, FlexiBLAS), changed through
+  ``threadpoolctl`` for the
   duration of a ``with`` block: while a training step runs on scratchvit's threads (see
   :func:`split_batch`), and while attention's per-head products run.
 
@@ -27,9 +28,14 @@ OpenBLAS's threads or environment, no batch split (element-wise blocks still use
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from threadpoolctl import ThreadpoolController
 
 OPT_OUT_ENV = "SCRATCHVIT_NO_CPU_TUNING"
 NUM_THREADS = max(1, int(os.environ.get("SCRATCHVIT_NUM_THREADS", os.cpu_count() or 1)))
@@ -43,7 +49,7 @@ SMALL_PRODUCT = 4 * 65536
 
 _configured: dict | None = None
 _timeout_before_numpy = False
-_blas_fns = None  # None: not looked up yet; False: no OpenBLAS reachable; else (get, set)
+_controller = None  # None: not looked up yet; False: no BLAS threadpoolctl can steer; else the controller
 _pool = None
 _local = threading.local()  # .serial: this thread already runs a shard; no nested parallelism
 
@@ -60,7 +66,7 @@ def configure() -> dict:
     Returns:
         dict: ``enabled`` (False under the opt-out), ``malloc`` (mallopt applied),
         ``openblas_thread_timeout`` (the variable was set before OpenBLAS loaded, so it holds),
-        ``blas_thread_control`` (OpenBLAS's thread count can be changed at run time; None if NumPy
+        ``blas_thread_control`` (the BLAS's thread count can be changed at run time; None if NumPy
         is not loaded yet).
     """
     global _configured
@@ -72,7 +78,7 @@ def configure() -> dict:
         return _configured
     timeout = set_openblas_env()
     _configured = {"enabled": True, "malloc": keep_freed_memory(), "openblas_thread_timeout": timeout,
-                   "blas_thread_control": bool(blas_thread_fns()) if "numpy" in sys.modules else None}
+                   "blas_thread_control": bool(blas_controller()) if "numpy" in sys.modules else None}
     return _configured
 
 
@@ -101,9 +107,6 @@ def keep_freed_memory() -> bool:
     Returns:
         True if applied (Linux with glibc), False where there is no glibc ``mallopt``.
     """
-    import ctypes  # noqa: PLC0415
-    import ctypes.util  # noqa: PLC0415
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
@@ -116,71 +119,44 @@ def keep_freed_memory() -> bool:
     return bool(ok)
 
 
-def _find_blas_thread_fns():
-    """(get, set) of the loaded OpenBLAS's thread count, through ctypes, or None where unknown."""
-    import ctypes  # noqa: PLC0415
-    import re  # noqa: PLC0415
-
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({m for m in re.findall(r"(/\S+\.so\S*)", f.read()) if "openblas" in m.lower()})
-    except OSError:  # not Linux
+def blas_controller():
+    """The ``threadpoolctl.ThreadpoolController`` of the BLAS libraries NumPy loaded (OpenBLAS, MKL,
+    BLIS, FlexiBLAS: whatever threadpoolctl knows), created once; None where tuning is switched off,
+    NumPy is not imported yet (nothing to find; looked up again on the next call) or no BLAS that
+    threadpoolctl can steer is loaded."""
+    global _controller
+    if not tuning_enabled() or "numpy" not in sys.modules:
         return None
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("openblas", ""), ("scipy_openblas", "64_"), ("openblas", "64_")):
-            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            if get is not None and put is not None:
-                put.argtypes = [ctypes.c_int]
-                return get, put
-    return None
-
-
-def blas_thread_fns():
-    """(get, set) functions of OpenBLAS's thread count, or None where the BLAS is not an OpenBLAS
-    reachable through ctypes (other BLAS builds, non-Linux) or tuning is switched off."""
-    global _blas_fns
-    if not tuning_enabled():
-        return None
-    if _blas_fns is None:
-        _blas_fns = _find_blas_thread_fns() or False
-    return _blas_fns or None
+    if _controller is None:
+        found = ThreadpoolController().select(user_api="blas")
+        _controller = found if found.lib_controllers else False
+    return _controller or None
 
 
 @contextlib.contextmanager
 def blas_threads(n: int = 1):
-    """Run the body with OpenBLAS on ``n`` threads; yields whether that could be done.
+    """Run the body with the BLAS on ``n`` threads; yields whether that could be done.
 
-    Process-wide while it lasts (OpenBLAS has one thread count). Yields False, changing nothing,
-    where :func:`blas_thread_fns` finds no OpenBLAS. Nested use is fine: the count is restored.
+    Process-wide while it lasts (the BLAS has one thread count), through threadpoolctl
+    (``controller.limit``, about 20 us a call). Yields False, changing nothing, where
+    :func:`blas_controller` finds no BLAS to steer. Nested use is fine: the count is restored.
     """
-    fns = blas_thread_fns()
-    if not fns:
+    controller = blas_controller()
+    if controller is None:
         yield False
         return
-    get, put = fns
-    before = get()
-    put(n)
-    try:
+    with controller.limit(limits=n, user_api="blas"):
         yield True
-    finally:
-        put(before)
 
 
 def single_threaded_blas():
-    """``blas_threads(1)``: OpenBLAS on one thread while scratchvit's threads call it at once."""
+    """``blas_threads(1)``: the BLAS on one thread while scratchvit's threads call it at once."""
     return blas_threads(1)
 
 
 def _thread_pool():
     global _pool
     if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-
         _pool = ThreadPoolExecutor(max_workers=NUM_THREADS, thread_name_prefix="scratchvit")
     return _pool
 
@@ -233,17 +209,17 @@ def split_batch(fn, batch: int, on_cpu: bool = True):
     """Run ``fn(start, stop)`` on contiguous shards of a batch of ``batch`` items, one per thread.
 
     The whole training step of each shard (forward and backward) runs on one of scratchvit's
-    threads with OpenBLAS held to one thread (:func:`blas_threads`), instead of every op being
-    spread over the threads on its own: far fewer hand-overs between threads, and no OpenBLAS
-    thread left spinning. Used only where that can be done: tuning on, a CPU array, OpenBLAS
-    reachable, more than one thread and at least one item per thread; otherwise one call
+    threads with the BLAS held to one thread (:func:`blas_threads`), instead of every op being
+    spread over the threads on its own: far fewer hand-overs between threads, and no BLAS
+    thread left spinning. Used only where that can be done: tuning on, a CPU array, a BLAS
+    threadpoolctl can steer, more than one thread and at least one item per thread; otherwise one call
     ``fn(0, batch)``.
 
     Returns:
         The list of ``fn``'s return values, one per shard, in batch order.
     """
     shards = min(NUM_THREADS, batch)
-    if not on_cpu or shards < 2 or not _parallel() or not blas_thread_fns():
+    if not on_cpu or shards < 2 or not _parallel() or not blas_controller():
         return [fn(0, batch)]
     bounds = [batch * i // shards for i in range(shards + 1)]
 

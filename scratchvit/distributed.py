@@ -22,10 +22,14 @@ Ctrl-C reaches the ranks at slightly different moments; a rank that stopped on i
 the others waiting in the next allreduce. So each rank's "stop" flag travels in the gradient
 buffer (:func:`flatten`), and all ranks stop together after the step in which any rank asked.
 
+Data sets are fetched once: :meth:`MPI.main_first` loads on rank 0 first (which downloads into the
+shared cache where needed) while the other ranks wait, then they load what it fetched.
+
 Test hook: the environment variable ``SCRATCHVIT_TEST_STALL=RANK:STEP`` makes rank RANK stop
 answering (sleep) before the gradient allreduce of step STEP, to check the timeout path;
 ``RANK:STEP:exit`` makes it die there instead (exit status 9, no goodbye to MPI);
-``RANK:STEP:sigint`` makes it send itself SIGINT there (Ctrl-C on one rank only).
+``RANK:STEP:sigint`` makes it send itself SIGINT there (Ctrl-C on one rank only). The variable is
+read once, when :class:`MPI` is set up; the step loop only compares the step with the parsed one.
 """
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ import time
 import numpy as np
 
 from .backend import namespace
+
+STALL_ENV = "SCRATCHVIT_TEST_STALL"
+# How long the other ranks wait for rank 0 to fetch a data set (a download can outlast --mpi-timeout).
+FETCH_TIMEOUT = 3600.0
 
 # Environment variables set by the launchers (Open MPI, MPICH/Hydra and Intel MPI, PMIx, Slurm's PMI).
 SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
@@ -66,8 +74,8 @@ class Single:
     def allreduce_sum(self, values: np.ndarray, what: str) -> np.ndarray:
         return values
 
-    def barrier(self, what: str = "barrier"):
-        pass
+    def main_first(self, fn, what: str):
+        return fn()
 
     def check_same(self, digest: str):
         pass
@@ -85,12 +93,13 @@ class MPI:
     """
 
     def __init__(self, comm, timeout: float, device: str = "cpu"):
-        from mpi4py import MPI as _mpi  # noqa: PLC0415
+        from mpi4py import MPI as _mpi  # noqa: PLC0415  (optional extra scratchvit[mpi]; importing it starts MPI)
 
         self._mpi, self.comm, self.timeout = _mpi, comm, timeout
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.is_main = self.rank == 0
         self.nccl = _NcclSum(self) if device == "gpu" else None
+        self._stall_step, self._stall_how = parse_stall_hook(os.environ.get(STALL_ENV, ""), self.rank)
 
     # ------------------------------------------------------------------ data
     def split_range(self, n: int) -> tuple[int, int]:
@@ -99,12 +108,15 @@ class MPI:
         return self.rank * n // self.size, (self.rank + 1) * n // self.size
 
     # ------------------------------------------------------------------ collectives
-    def _wait(self, request, what: str):
-        """Poll a non-blocking request until it completes, or abort the whole job after ``timeout`` s."""
-        deadline = time.monotonic() + self.timeout
+    def _wait(self, request, what: str, timeout: float | None = None):
+        """Poll a non-blocking request until it completes, or abort the whole job after ``timeout`` s
+        (default: --mpi-timeout)."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while not request.Test():
             if time.monotonic() > deadline:
-                self.abort(f"{what} did not complete within {self.timeout:g} s (--mpi-timeout): "
+                flag_hint = " (--mpi-timeout)" if timeout == self.timeout else ""
+                self.abort(f"{what} did not complete within {timeout:g} s{flag_hint}: "
                            "another rank died or hangs; aborting all ranks")
             time.sleep(0.0005)
 
@@ -129,8 +141,26 @@ class MPI:
         self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, values, op=self._mpi.SUM), what)
         return values
 
-    def barrier(self, what: str = "barrier"):
-        self._wait(self.comm.Ibarrier(), what)
+    def main_first(self, fn, what: str):
+        """``fn()`` on rank 0 first, then on the other ranks once rank 0 succeeded (they wait up to
+        :data:`FETCH_TIMEOUT` s): a data set is downloaded once, by rank 0, into the cache the others
+        then read, instead of by every rank at once. Returns ``fn()``'s result.
+
+        Raises:
+            whatever ``fn`` raises on rank 0 (there); RuntimeError on the other ranks when rank 0 failed.
+        """
+        ok = np.zeros(1, np.int64)
+        if self.is_main:
+            try:
+                result = fn()
+                ok[0] = 1
+            finally:  # tell the others either way, so that they never wait for a rank 0 that gave up
+                self._wait(self.comm.Ibcast(ok, root=0), what, max(self.timeout, FETCH_TIMEOUT))
+            return result
+        self._wait(self.comm.Ibcast(ok, root=0), what, max(self.timeout, FETCH_TIMEOUT))
+        if not ok[0]:
+            raise RuntimeError(f"{what} failed on rank 0 (its error says why)")
+        return fn()
 
     def check_same(self, digest: str):
         """Refuse to start when the ranks' settings differ (every rank raises the same error).
@@ -147,14 +177,34 @@ class MPI:
                              "started with the same command line")
 
     def stall_hook(self, step: int):
-        """Test hook (see the module docstring): this rank stops answering before step STEP's allreduce."""
-        hook = os.environ.get("SCRATCHVIT_TEST_STALL", "")
-        if hook == f"{self.rank}:{step}":
-            time.sleep(10 * self.timeout + 60)
-        elif hook == f"{self.rank}:{step}:exit":
+        """Test hook (see the module docstring), parsed once in ``__init__``: this rank stops answering
+        before step STEP's allreduce. Every other step costs one integer comparison."""
+        if step != self._stall_step:
+            return
+        if self._stall_how == "exit":
             os._exit(9)
-        elif hook == f"{self.rank}:{step}:sigint":
+        elif self._stall_how == "sigint":
             signal.raise_signal(signal.SIGINT)
+        else:
+            time.sleep(10 * self.timeout + 60)
+
+
+def parse_stall_hook(value: str, rank: int) -> tuple[int | None, str]:
+    """(step, how) of a ``SCRATCHVIT_TEST_STALL`` value (``RANK:STEP[:exit|:sigint]``) for ``rank``;
+    (None, "") when it is empty or names another rank.
+
+    Raises:
+        ValueError: a value that is not of that form (naming the variable).
+    """
+    if not value:
+        return None, ""
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not (parts[0].isdigit() and parts[1].isdigit()) or \
+            parts[2:] not in ([], ["exit"], ["sigint"]):
+        raise ValueError(f"{STALL_ENV}={value!r}: expected RANK:STEP, RANK:STEP:exit or RANK:STEP:sigint")
+    if int(parts[0]) != rank:
+        return None, ""
+    return int(parts[1]), (parts[2] if len(parts) == 3 else "stall")
 
 
 class _NcclSum:
@@ -164,8 +214,8 @@ class _NcclSum:
     """
 
     def __init__(self, dist: MPI):
-        import cupy  # noqa: PLC0415
-        from cupy.cuda import nccl  # noqa: PLC0415
+        import cupy  # noqa: PLC0415  (only for --device gpu under MPI: the optional GPU extra)
+        from cupy.cuda import nccl  # noqa: PLC0415  (as cupy)
 
         local = next((int(os.environ[v]) for v in LOCAL_RANK_VARS if os.environ.get(v, "").isdigit()), dist.rank)
         cupy.cuda.Device(local % cupy.cuda.runtime.getDeviceCount()).use()
@@ -197,7 +247,7 @@ def init(distributed: str = "auto", timeout: float = 300.0, device: str = "cpu")
     if distributed == "off" or launched_size() <= 1:
         return Single()
     try:
-        from mpi4py import MPI as _mpi  # noqa: PLC0415
+        from mpi4py import MPI as _mpi  # noqa: PLC0415  (optional extra; imported only under a launcher, it starts MPI)
     except ImportError as e:
         raise RuntimeError(f"started as {launched_size()} MPI processes but mpi4py is not installed: "
                            "pip install 'scratchvit[mpi]' (needs an MPI library, e.g. apt-get install mpich "

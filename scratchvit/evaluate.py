@@ -4,16 +4,21 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from . import cpu
+from . import cpu, ops
 from .backend import to_device, to_numpy
+from .data import Batches, load_dataset
+from .files import write_text_atomic
+from .model import ViT
+from .runs import run_gelu, run_info
+from .settings import EvaluateSettings, parse_settings
 
 
 def open_dataset(name: str, data_dir=None, image_size: int | None = None, skip_bad_images: bool = False, log=None):
@@ -24,8 +29,6 @@ def open_dataset(name: str, data_dir=None, image_size: int | None = None, skip_b
     Raises:
         ValueError / FileNotFoundError / RuntimeError: from the loader, naming the file or folder.
     """
-    from .data import load_dataset  # noqa: PLC0415
-
     return load_dataset(name, data_dir=data_dir, image_size=image_size if name == "imagefolder" else None,
                         skip_bad_images=skip_bad_images, log=log)
 
@@ -48,9 +51,6 @@ def evaluate(model, images, labels, batch_size: int = 256, progress: bool = Fals
         "labels" ((M',) int64, aligned: the images actually evaluated, M' = M - "skipped"), "skipped"
         (files left out by ``skip_bad_images``), "seconds" (wall clock).
     """
-    from . import ops  # noqa: PLC0415
-    from .data import Batches  # noqa: PLC0415
-
     t0 = time.perf_counter()
     preds, seen = [], []  # per batch: predictions and the labels of the images actually evaluated
     total_loss = 0.0
@@ -58,8 +58,6 @@ def evaluate(model, images, labels, batch_size: int = 256, progress: bool = Fals
                  skip_bad_images=skip_bad_images) as batches:
         it = batches
         if progress:
-            from tqdm import tqdm  # noqa: PLC0415
-
             it = tqdm(batches, total=batches.steps_per_epoch, desc="eval", leave=False)
         for _, x, y in it:
             logits = model.forward(x)
@@ -113,35 +111,12 @@ def format_report(dataset_name, class_names, result, cm) -> str:
 
 def main(argv=None) -> int:
     """``python -m scratchvit.evaluate``: accuracy, loss, per-class accuracy and the confusion matrix of a
-    checkpoint on a dataset split, printed (and written to --json). Returns the exit status: 0, or 2 with
-    a one-line message on stderr for a bad argument, file or dataset."""
+    checkpoint on a dataset split, printed (and written to --json). The flags come from
+    :class:`scratchvit.settings.EvaluateSettings` (a bad value: argparse's usage message, exit status 2).
+    Returns the exit status: 0, or 2 with a one-line message on stderr for a bad file or dataset."""
     cpu.configure()
-    from . import ViT  # noqa: PLC0415
-    from .checks import check_positive_int  # noqa: PLC0415
-    from .data import DATASETS  # noqa: PLC0415
-    from .runs import run_gelu, run_info  # noqa: PLC0415
-
-    ap = argparse.ArgumentParser(prog="python -m scratchvit.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="an .npz in the official layout (e.g. a run's best.npz)")
-    ap.add_argument("--dataset", required=True, choices=DATASETS, help="dataset to evaluate on")
-    ap.add_argument("--data-dir", default=None, help="where the dataset files are (default: system copy / data/)")
-    ap.add_argument("--split", default="test", choices=("test", "train"), help="which split (default: test)")
-    ap.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    ap.add_argument("--gelu", default=None, choices=("tanh", "erf"),
-                    help="GELU form the weights were trained with (tanh: official JAX; erf: PyTorch/timm); "
-                         "default: the run's config.json next to the checkpoint, else tanh")
-    ap.add_argument("--workers", type=int, default=2, help="threads preparing images (default: 2)")
-    ap.add_argument("--skip-bad-images", action="store_true",
-                    help="imagefolder: skip and count unreadable image files instead of stopping at the first one")
-    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = ap.parse_args(argv)
-
+    args = parse_settings(EvaluateSettings, argv, "python -m scratchvit.evaluate", __doc__)
     try:
-        check_positive_int("--batch-size", args.batch_size)
-        check_positive_int("--workers", args.workers)
         gelu = args.gelu or run_gelu(run_info(args.checkpoint))
         model = ViT.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, gelu=gelu)
         ds = open_dataset(args.dataset, args.data_dir, image_size=model.config.image_size,
@@ -159,8 +134,6 @@ def main(argv=None) -> int:
     cm = confusion_matrix(result["labels"], result["predictions"], ds.num_classes)
     print(format_report(f"{args.dataset} {args.split}", ds.class_names, result, cm))
     if args.json:
-        from .files import write_text_atomic  # noqa: PLC0415
-
         write_text_atomic(Path(args.json), json.dumps({
             "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,
             "accuracy": result["accuracy"], "loss": result["loss"],

@@ -10,6 +10,13 @@ The forward pass reads as the paper's equations (Dosovitskiy et al., ICLR 2021, 
 
 and the backward pass reads the same list bottom to top. Parameter names, shapes and
 initialisation (official ``vit_jax/models_vit.py``) live in :mod:`scratchvit.params`.
+
+In a training step (``train=True`` with an :class:`~scratchvit.ops.RngKey`) the regularisers of the
+config act where the official ``models_vit.py`` puts them: dropout (``dropout_rate``) on z_0, on the
+MSA output, after the MLP's GELU and after its second dense layer; attention dropout
+(``attention_dropout_rate``) on the attention probabilities; and stochastic depth (``drop_path_rate``,
+timm's ``DropPath``) on each residual branch before it is added. With every rate 0, or ``train=False``,
+the forward and backward are the plain equations above, bit for bit.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from . import ops, step
 from .backend import check_dtype, device_object, module_for, to_device
 from .checkpoint import load_checkpoint
 from .configs import ViTConfig, get_config
+from .ops.dropout import EMBEDDING_SITE, site
 from .params import ATTN, ATTN_KEYS, MLP, POSEMB, block_prefix, check_params, init_params, param_shapes
 
 
@@ -92,15 +100,21 @@ class ViT:
         return to_device(images, self.device, self.dtype)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, images, keep_cache: bool):
+    def _forward(self, images, keep_cache: bool, train: bool = False, key: "ops.RngKey | None" = None):
         """Logits (B, K) and, if ``keep_cache``, the dict of caches :meth:`backward` consumes (else None).
 
-        The caches are keyed "embedding", each block's prefix, "encoder_norm", "pool",
+        ``train`` with a ``key`` (an :class:`~scratchvit.ops.RngKey`: seed, step and the global index of
+        row 0 of ``images`` in the step's batch) applies the config's dropout, attention dropout and
+        stochastic depth, their masks drawn from the key (module docstring); otherwise nothing drops.
+
+        The caches are keyed "embedding", "embedding_dropout", each block's prefix, "encoder_norm", "pool",
         ("pre_logits", "pre_logits_tanh",) "head"; :meth:`backward` pops the block entries as it goes.
         """
         c, p, xp = self.config, self.params, self.xp
         x = self._images(images)
         caches = {}
+        key = key if train else None  # evaluation, prediction, attention maps: no dropout
+        drop, attn_drop = c.dropout_rate, c.attention_dropout_rate
 
         # Eq. 1: patch embedding, class token, position embedding.
         x, caches["embedding"] = ops.patch_embedding_forward(x, p["embedding/kernel"], p["embedding/bias"])
@@ -108,23 +122,34 @@ class ViT:
         if c.classifier == "token":
             x = xp.concat([xp.broadcast_to(p["cls"], (B, 1, c.hidden_size)), x], axis=1)
         x += p[POSEMB]
+        x, caches["embedding_dropout"] = ops.dropout_forward(x, drop, key, EMBEDDING_SITE)
 
         # Eq. 2-3: L pre-norm encoder blocks; the residual stream x is updated in place.
         for i in range(c.num_layers):
-            b = block_prefix(i)
-            # Eq. 2: z'_l = MSA(LN(z_{l-1})) + z_{l-1}
+            b, path = block_prefix(i), c.drop_path_rate_of(i)
+            # Eq. 2: z'_l = MSA(LN(z_{l-1})) + z_{l-1}   (+ dropout and drop path of the branch)
             h, ln0 = ops.layer_norm_forward(x, p[b + "LayerNorm_0/scale"], p[b + "LayerNorm_0/bias"])
             attn_p = {k: p[f"{b}{ATTN}/{k}"] for k in ATTN_KEYS}
-            h, attn = ops.attention_forward(h, attn_p)
+            keep = None
+            if key is not None and attn_drop > 0.0:
+                B, N = h.shape[0], h.shape[1]
+                keep = ops.keep_mask(xp, key, site(i, "attention_probs"), (B, c.num_heads, N, N), attn_drop,
+                                     h.dtype, self.device_object)
+            h, attn = ops.attention_forward(h, attn_p, keep)
+            h, d0 = ops.dropout_forward(h, drop, key, site(i, "attention_out"))
+            h, dp0 = ops.drop_path_forward(h, path, key, site(i, "drop_path_attention"))
             x += h
-            # Eq. 3: z_l = MLP(LN(z'_l)) + z'_l
+            # Eq. 3: z_l = MLP(LN(z'_l)) + z'_l   (+ dropout after the GELU and the second dense, drop path)
             h, ln2 = ops.layer_norm_forward(x, p[b + "LayerNorm_2/scale"], p[b + "LayerNorm_2/bias"])
             h, fc0 = ops.dense_forward(h, p[f"{b}{MLP}/Dense_0/kernel"], p[f"{b}{MLP}/Dense_0/bias"])
             h, act = ops.gelu_forward(h, c.gelu)
+            h, d1 = ops.dropout_forward(h, drop, key, site(i, "mlp_hidden"))
             h, fc1 = ops.dense_forward(h, p[f"{b}{MLP}/Dense_1/kernel"], p[f"{b}{MLP}/Dense_1/bias"])
+            h, d2 = ops.dropout_forward(h, drop, key, site(i, "mlp_out"))
+            h, dp1 = ops.drop_path_forward(h, path, key, site(i, "drop_path_mlp"))
             x += h
             if keep_cache:
-                caches[b] = (ln0, attn, ln2, fc0, act, fc1)
+                caches[b] = (ln0, attn, ln2, fc0, act, fc1, (d0, dp0, d1, d2, dp1))
 
         # Eq. 4: final layer norm, pooling, optional tanh pre-logits, head.
         x, caches["encoder_norm"] = ops.layer_norm_forward(
@@ -195,25 +220,29 @@ class ViT:
         # Eq. 3-2 backward: the blocks last to first.
         for i in reversed(range(c.num_layers)):
             b = block_prefix(i)
-            ln0, attn, ln2, fc0, act, fc1 = caches.pop(b)
+            ln0, attn, ln2, fc0, act, fc1, (d0, dp0, d1, d2, dp1) = caches.pop(b)
             # Eq. 3, x = x + MLP(LN_2(x)): the residual passes dx through, the branch adds its gradient.
-            dh, g[f"{b}{MLP}/Dense_1/kernel"], g[f"{b}{MLP}/Dense_1/bias"] = ops.dense_backward(dx, fc1)
+            dh = ops.dropout_backward(ops.drop_path_backward(dx, dp1), d2)  # dx itself when nothing dropped
+            dh, g[f"{b}{MLP}/Dense_1/kernel"], g[f"{b}{MLP}/Dense_1/bias"] = ops.dense_backward(dh, fc1)
+            dh = ops.dropout_backward(dh, d1)
             dh = ops.gelu_backward(dh, act)
             dh, g[f"{b}{MLP}/Dense_0/kernel"], g[f"{b}{MLP}/Dense_0/bias"] = ops.dense_backward(dh, fc0)
             dh, g[b + "LayerNorm_2/scale"], g[b + "LayerNorm_2/bias"] = ops.layer_norm_backward(dh, ln2)
             dx += dh
             # Eq. 2, x = x + MSA(LN_0(x))
-            dh, attn_g = ops.attention_backward(dx, attn)
+            dh = ops.dropout_backward(ops.drop_path_backward(dx, dp0), d0)
+            dh, attn_g = ops.attention_backward(dh, attn)
             for k, v in attn_g.items():
                 g[f"{b}{ATTN}/{k}"] = v
             dh, g[b + "LayerNorm_0/scale"], g[b + "LayerNorm_0/bias"] = ops.layer_norm_backward(dh, ln0)
             dx += dh
 
-        # Eq. 1 backward: position embedding, class token, patch embedding.
+        # Eq. 1 backward: embedding dropout, position embedding, class token, patch embedding.
+        dx = ops.dropout_backward(dx, caches["embedding_dropout"])
         g[POSEMB] = xp.sum(dx, axis=0, keepdims=True)
         if c.classifier == "token":
-            g["cls"] = xp.sum(dx[:, :1], axis=0, keepdims=True)
-            dx = dx[:, 1:]
+            g["cls"] = xp.sum(dx[:, :1, :], axis=0, keepdims=True)
+            dx = dx[:, 1:, :]
         dimages, g["embedding/kernel"], g["embedding/bias"] = ops.patch_embedding_backward(
             dx, caches["embedding"], need_dx=need_dinput)
         grads = {k: g[k] for k in p}  # the official order
@@ -222,7 +251,8 @@ class ViT:
         return grads
 
     def part_loss_and_grads(self, images, labels, weight: float = 1.0, label_smoothing: float = 0.0,
-                            loss_scale: float = 1.0, need_dinput: bool = False):
+                            loss_scale: float = 1.0, need_dinput: bool = False, train: bool = False,
+                            key: "ops.RngKey | None" = None):
         """One forward and backward pass over a part of a batch, its mean loss weighted by ``weight``.
 
         The building block of :func:`scratchvit.step.loss_and_grads`: ``weight`` (the part's share of
@@ -230,14 +260,19 @@ class ViT:
         the gradients of the parts sum to those of the whole batch.
 
         Args:
-            images: (b, H, W, 3) on the model's device, in its dtype; labels: (b,) integers there.
+            images: (b, H, W, 3) on the model's device, in its dtype; labels: (b,) integers there, or
+                (b, K) soft targets (mixup / CutMix; rows of probabilities).
             weight, loss_scale: see above (the loss is weighted, not scaled).
+            train, key: a training pass, whose dropout, attention dropout and drop path (the config's
+                rates) draw their masks from ``key`` (:class:`~scratchvit.ops.RngKey`: seed, step, and the
+                global index of this part's first row in the step's batch, so that the parts of a batch
+                draw what the whole batch would). ``train=False`` (default) or no key: nothing drops.
 
         Returns:
             (weight * mean loss as a 0-d array on the device, {name: gradient} like ``params``, plus
             "images" when ``need_dinput``).
         """
-        logits, caches = self._forward(images, keep_cache=True)
+        logits, caches = self._forward(images, keep_cache=True, train=train, key=key)
         loss, ce = ops.softmax_cross_entropy_forward(logits, labels, label_smoothing)
         dlogits = ops.softmax_cross_entropy_backward(ce, weight * loss_scale)
         return loss * weight, self.backward(dlogits, caches, need_dinput=need_dinput)
@@ -250,7 +285,8 @@ class ViT:
 
         Args:
             images: (B, H, W, 3) float in [-1, 1] (see :meth:`forward`).
-            labels: (B,) integers in [0, num_classes), NumPy (checked on the host) or on the model's device.
+            labels: (B,) integers in [0, num_classes), or (B, num_classes) soft targets; NumPy (checked on
+                the host) or on the model's device.
             need_dinput: also return d loss / d images under the key "images" (gradient checks).
             label_smoothing: eps in [0, 1) of :func:`scratchvit.ops.softmax_cross_entropy_forward`.
 
@@ -264,8 +300,10 @@ class ViT:
         """
         images = self._images(images)
         B = images.shape[0]
-        if tuple(labels.shape) != (B,):
-            raise ValueError(f"cross-entropy: labels must have shape ({B},), got {tuple(labels.shape)}")
+        K = self.config.num_classes
+        if tuple(labels.shape) not in ((B,), (B, K)):
+            raise ValueError(f"cross-entropy: labels must have shape ({B},) (or ({B}, {K}) soft targets), "
+                             f"got {tuple(labels.shape)}")
         if isinstance(labels, np.ndarray):
             step.check_labels(labels, self.config.num_classes)
         loss, grads = step.loss_and_grads(self, images, to_device(labels, self.device),

@@ -12,10 +12,12 @@ reader both import it, and neither imports the other's dependents (as the offici
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .configs import ViTConfig
+if TYPE_CHECKING:  # annotations only: configs imports ops (GELU_FORMS), whose attention imports this module
+    from .configs import ViTConfig
 
 POSEMB = "Transformer/posembed_input/pos_embedding"
 ATTN = "MultiHeadDotProductAttention_1"

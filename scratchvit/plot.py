@@ -70,7 +70,7 @@ def _import_pyplot():
         import matplotlib  # noqa: PLC0415  (an optional extra)
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt  # noqa: PLC0415  (matplotlib is the optional [plot] extra)
     except ImportError as e:
         raise InputError('matplotlib is needed for plots: pip install -e ".[plot]" (or pip install matplotlib)') from e
     return plt

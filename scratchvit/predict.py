@@ -15,7 +15,6 @@ one line on stderr and exits with code 2 before anything is written.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,12 +23,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from . import ops
-from .backend import get_xp, to_numpy
+from .backend import namespace, to_numpy
 from .data import load_image, to_float
 from .files import write_atomic
 from .model import ViT
 from .rollout import attention_rollout, overlay_panel
 from .runs import run_gelu, run_info
+from .settings import PredictSettings, parse_settings
 
 IMAGENET_LABELS = Path(__file__).resolve().parent / "labels" / "imagenet1k.txt"
 
@@ -90,7 +90,8 @@ def class_names(num_classes: int, labels_file=None, info: dict | None = None) ->
 
 def softmax(logits) -> np.ndarray:
     """Row softmax of (B, K) logits (NumPy or CuPy), computed on their device, returned as float64 NumPy."""
-    return to_numpy(ops.softmax_forward(logits.astype(get_xp(logits).float64)))  # a copy, softmaxed in place
+    xp = namespace(logits)
+    return to_numpy(ops.softmax_forward(xp.astype(logits, xp.float64)))  # a float64 copy, softmaxed
 
 
 BATCH = 32  # images per forward pass: bounds the memory of a long list of files (and of their attention maps)
@@ -202,25 +203,10 @@ def save_attention_map(path, rgb: np.ndarray, captions: list[str]) -> None:
     write_atomic(path, lambda f: Image.fromarray(rgb).save(f, format="PNG", pnginfo=info))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The predict CLI's arguments from ``argv`` (the command line if None); exits with status 2 and a
-    usage message on a bad one (argparse)."""
-    p = argparse.ArgumentParser(prog="python -m scratchvit.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
-    p.add_argument("--checkpoint", required=True, help="an .npz checkpoint (official layout)")
-    p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default: 5)")
-    p.add_argument("--labels", help="class names, one per line (default: the run's config.json, "
-                                    "ImageNet-1k names for 1000 classes, else 'class K')")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="default: cpu")
-    p.add_argument("--attention-map", metavar="OUT.png",
-                   help="write the attention rollout of every image, overlaid on it, to this PNG")
-    args = p.parse_args(argv)
-    if args.top_k < 1:
-        p.error(f"--top-k must be at least 1, got {args.top_k}")
-    if args.attention_map is not None and not args.attention_map.lower().endswith(".png"):
-        p.error(f"--attention-map must name a .png file, got {args.attention_map!r}")
-    return args
+def parse_args(argv=None) -> PredictSettings:
+    """The predict CLI's settings (:class:`scratchvit.settings.PredictSettings`) from ``argv`` (the command
+    line if None); exits with status 2 and a usage message on a bad one (argparse)."""
+    return parse_settings(PredictSettings, argv, "python -m scratchvit.predict", __doc__.split("\n\n")[0])
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,8 @@
 - ``last.npz`` / ``best.npz``: parameters in the official checkpoint layout;
 - ``state.npz``: the resume point in one file: parameters, optimiser state, step, best validation
   accuracy, seed (:func:`save_state`, :func:`load_state`). It repeats last.npz's parameters so that a
-  crash between the two writes can never pair one step's parameters with another step's optimiser.
+  crash between the two writes can never pair one step's parameters with another step's optimiser,
+  and it is written first: last.npz and best.npz are extra copies, written after it.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import to_device
 from .checkpoint import read_npz, save_checkpoint, save_npz_atomic
-from .files import write_text_atomic
+from .files import WriteError, write_error, write_text_atomic
 
 
 def write_config(out: Path, settings: dict, model, ds, **sizes) -> None:
@@ -73,19 +75,31 @@ class MetricsLog:
             path.unlink()
 
     def write(self, **record):
+        """Append one record.
+
+        Raises:
+            WriteError: the line cannot be written (a full disk: named with the space it needs).
+        """
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            line = json.dumps(record) + "\n"
+            try:
+                with open(self.path, "a") as f:
+                    f.write(line)
+            except OSError as e:
+                raise write_error(self.path, e, len(line)) from e
 
 
 def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, seed: int, loss_scale=None) -> None:
-    """last.npz (parameters, official layout, model dtype), then state.npz (the same parameters, the
-    optimiser state, step, best validation accuracy, seed), each written atomically.
+    """state.npz (the resume point: parameters, optimiser state, step, best validation accuracy, seed,
+    an fp16 run's loss scale) first, then last.npz (the same parameters, official layout, model dtype), each
+    written atomically.
+    The resume point goes first so that a failure on the way (a full disk) leaves a whole one: the new
+    one, or the previous one if state.npz itself could not be written.
 
     Raises:
-        OSError: a file cannot be written (the previous one is left whole).
+        WriteError: a file cannot be written (the message names it, the space it needs, and which
+        step the resume point in ``out`` holds).
     """
-    save_checkpoint(out / "last.npz", model.params, dtype=None)
     arrays = {f"params/{k}": v for k, v in model.params.items()}
     arrays.update({f"opt/{k}": v for k, v in opt_state.items()})
     arrays["step"] = np.array(step, np.int64)
@@ -93,7 +107,34 @@ def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, se
     arrays["seed"] = np.array(seed, np.int64)
     if loss_scale is not None:  # fp16: the dynamic loss scale (scratchvit.step.LossScale)
         arrays.update(loss_scale.state())
-    save_npz_atomic(out / "state.npz", arrays)
+    try:
+        save_npz_atomic(out / "state.npz", arrays)
+    except WriteError as e:
+        raise WriteError(e.errno, f"{e.strerror}; {previous_resume_point(out)}") from e
+    save_extra_copy(out / "last.npz", model.params, step, out)
+
+
+def previous_resume_point(out: Path) -> str:
+    """What --resume would continue from in ``out``, in words, for an error after a failed save."""
+    path = out / "state.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return f"the resume point {path} still holds step {int(z['step'])} (--resume continues from it)"
+    except (OSError, ValueError, KeyError):
+        return f"no resume point was saved in {out} yet"
+
+
+def save_extra_copy(path: Path, params: dict, step: int, out: Path) -> None:
+    """last.npz or best.npz (parameters, official layout, model dtype), written after the resume point.
+
+    Raises:
+        WriteError: it cannot be written (the message adds that the resume point holds ``step``).
+    """
+    try:
+        save_checkpoint(path, params, dtype=None)
+    except WriteError as e:
+        raise WriteError(e.errno, f"{e.strerror}; the resume point {out / 'state.npz'} holds step {step} "
+                                  f"(--resume continues from it)") from e
 
 
 def load_state(out: Path, model, opt_state: dict, loss_scale=None) -> tuple[int, float]:
@@ -106,8 +147,6 @@ def load_state(out: Path, model, opt_state: dict, loss_scale=None) -> tuple[int,
         FileNotFoundError / ValueError: missing files, or arrays whose names or shapes are not this
         run's, naming the file.
     """
-    from .backend import to_device  # noqa: PLC0415
-
     path = out / "state.npz"
     st = read_npz(path)
     params = {k[len("params/"):]: v for k, v in st.items() if k.startswith("params/")}

@@ -15,10 +15,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from .backend import PRECISIONS
+from .backend import DEVICES, DTYPES, PRECISIONS
 from .checks import check_positive_int
-from .configs import MODELS
-from .optim import SCHEDULES
+from .configs import CLASSIFIERS, MODELS
+from .data import AUGMENTS, DATASETS
+from .ops.gelu import GELU_FORMS
+from .optim import OPTIMIZERS, SCHEDULES
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 GROUPS = ("hardware and numbers", "data", "model", "optimisation", "evaluation and output", "distributed (MPI)")
@@ -26,27 +28,37 @@ GROUPS = ("hardware and numbers", "data", "model", "optimisation", "evaluation a
 RUNTIME = ("device", "progress", "workers", "data_dir", "distributed", "mpi_timeout")
 
 
-def setting(default, group: int, help: str, choices=None):  # noqa: A002  (argparse's name)
-    """A dataclass field holding its command-line group (index into GROUPS), help text and choices."""
-    return dataclasses.field(default=default, metadata=dict(group=group, help=help, choices=choices))
+def setting(default, group: int, help: str, choices=None, required: bool = False,  # noqa: A002  (argparse's name)
+            metavar: str | None = None, positional: bool = False):
+    """A dataclass field holding its command-line group (index into GROUPS), help text and choices;
+    ``required``: a flag that must be given; ``positional``: one or more plain arguments (a list)."""
+    return dataclasses.field(default=default, metadata=dict(group=group, help=help, choices=choices,
+                                                            required=required, metavar=metavar,
+                                                            positional=positional))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     """Every setting of a training run (config.json's "settings"). Field names are the flags' names."""
 
-    device: str = setting("cpu", 0, "cpu (NumPy) or gpu (CuPy)", ("cpu", "gpu"))
-    dtype: str = setting("float32", 0, "parameters and activations", ("float32", "float64"))
+    device: str = setting("cpu", 0, "cpu (NumPy) or gpu (CuPy)", DEVICES)
+    dtype: str = setting("float32", 0, "parameters and activations", DTYPES)
     precision: str = setting("fp32", 0, "fp32: everything in --dtype; fp16: mixed precision, float16 forward and "
                              "backward on float32 master parameters with dynamic loss scaling (needs --dtype "
                              "float32)", PRECISIONS)
     seed: int = setting(0, 0, "seeds the initialisation, the validation split, the data order and the augmentation")
-    dataset: str = setting("cifar10", 1, "dataset", ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder"))
+    dataset: str = setting("cifar10", 1, "dataset", DATASETS)
     data_dir: str = setting(None, 1, "where the dataset files are; for imagefolder: ROOT with train/ and test/ "
                             "(None: a system copy, then the data/ cache, then download)")
     augment: str = setting("inception", 1, "training augmentation: inception = random crop of crop-min-area to "
                            "100%% area + flip (the paper's fine-tuning); crop-flip = pad by 1/8 and random crop + "
-                           "flip; flip; none", ("inception", "crop-flip", "flip", "none"))
+                           "flip; pad-crop-flip = pad by --pad pixels and random crop + flip; flip; none", AUGMENTS)
+    pad: int = setting(4, 1, "pixels of zero padding before the random crop of --augment pad-crop-flip")
+    random_erasing: float = setting(0.0, 1, "probability that a training image gets a random-erasing rectangle "
+                                    "(Zhong et al. 2020: 2-33%% of the area, aspect 0.3-3.3, random values)")
+    mixup: float = setting(0.0, 1, "mixup alpha (Zhang et al. 2018; lambda ~ Beta(alpha, alpha)); 0: off; with "
+                           "--cutmix too, one of the two per batch with p = 0.5; soft targets")
+    cutmix: float = setting(0.0, 1, "CutMix alpha (Yun et al. 2019); 0: off")
     crop_min_area: float = setting(0.05, 1, "smallest crop area for --augment inception")
     val_fraction: float = setting(0.02, 1, "share of the training set held out for validation")
     workers: int = setting(2, 1, "threads preparing batches in the background")
@@ -60,12 +72,17 @@ class TrainSettings:
     num_layers: int = setting(None, 2, "encoder blocks (None: the model's)")
     num_heads: int = setting(None, 2, "attention heads (None: the model's)")
     mlp_dim: int = setting(None, 2, "MLP hidden width (None: the model's)")
-    classifier: str = setting(None, 2, "class token or global average pooling (None: the model's)", ("token", "gap"))
-    gelu: str = setting(None, 2, "GELU form (None: tanh, as the official model)", ("tanh", "erf"))
+    classifier: str = setting(None, 2, "class token or global average pooling (None: the model's)", CLASSIFIERS)
+    gelu: str = setting(None, 2, "GELU form (None: tanh, as the official model)", GELU_FORMS)
+    dropout: float = setting(0.0, 2, "dropout rate after the position embeddings, on the attention output and "
+                             "in the MLP (after the GELU and after the second dense layer), as vit_jax's dropout_rate")
+    attention_dropout: float = setting(0.0, 2, "dropout rate of the attention probabilities (attention_dropout_rate)")
+    drop_path: float = setting(0.0, 2, "stochastic depth: the largest per-sample drop rate of a residual branch, "
+                               "rising linearly from 0 in the first block to this in the last (drop_path_rate)")
     checkpoint: str = setting(None, 2, "fine-tune from this official .npz (e.g. ViT-B_16.npz): the geometry comes "
                               "from the file, the head is replaced by a zero head, the position embeddings are "
                               "resized")
-    optimizer: str = setting("sgd", 3, "sgd (momentum) or adamw", ("sgd", "adamw"))
+    optimizer: str = setting("sgd", 3, "sgd (momentum) or adamw", tuple(OPTIMIZERS))
     lr: float = setting(0.03, 3, "peak learning rate")
     lr_sweep: str = setting(None, 3, "comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03: a short run of "
                             "--sweep-steps for each, scored on the validation split, then the full run with the "
@@ -127,19 +144,37 @@ class TrainSettings:
                              f"got {self.dtype}")
         if self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("--warmup-steps and --grad-clip must be >= 0")
-        if self.epochs is None and self.schedule != "constant" and self.warmup_steps >= self.steps:
-            raise ValueError(f"--warmup-steps {self.warmup_steps} must be below --steps {self.steps} (the "
-                             f"{self.schedule} schedule decays after the warmup); give a smaller --warmup-steps")
+        if self.epochs is None:
+            self.check_warmup(self.steps)
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+        for k in ("dropout", "attention_dropout", "drop_path"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ValueError(f"{flag(k)} must lie in [0, 1), got {getattr(self, k)}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ValueError(f"--random-erasing must lie in [0, 1], got {self.random_erasing}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"--mixup and --cutmix must be >= 0, got {self.mixup} and {self.cutmix}")
+        check_positive_int("--pad", self.pad, 0)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.metadata["choices"] and value is not None and value not in f.metadata["choices"]:
-                raise ValueError(f"{flag(f.name)} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+        _check_choices(self)
+
+    def check_warmup(self, total_steps: int) -> None:
+        """The warmup check, the one place it is made: --warmup-steps must be below the run's total steps
+        (--steps, or --epochs times the steps per epoch, known once the data is loaded) unless the
+        schedule is constant.
+
+        Raises:
+            ValueError: naming both numbers and what to change.
+        """
+        if self.schedule != "constant" and self.warmup_steps >= total_steps:
+            given = f"--steps {total_steps}" if self.epochs is None else \
+                f"the {total_steps} steps of --epochs {self.epochs:g}"
+            raise ValueError(f"--warmup-steps {self.warmup_steps} must be below {given} (the {self.schedule} "
+                             "schedule decays after the warmup); give a smaller --warmup-steps")
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (config.json's "settings")."""
@@ -151,6 +186,108 @@ class TrainSettings:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     replace = dataclasses.replace
+
+
+def shared(name: str, **changes):
+    """A field of another CLI's settings that is the same as TrainSettings' ``name`` (its default, help text
+    and choices; ``changes`` override some, e.g. ``help=``, ``default=``, ``required=``), so that a choice
+    such as the devices or the GELU forms is written once."""
+    f = next(f for f in dataclasses.fields(TrainSettings) if f.name == name)
+    meta = {**f.metadata, "group": 0, **changes}
+    return dataclasses.field(default=meta.pop("default", f.default), metadata=meta)
+
+
+def _check_choices(settings) -> None:
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.metadata["choices"] and value is not None and value not in f.metadata["choices"]:
+            raise ValueError(f"{flag(f.name)} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateSettings:
+    """The settings of ``python -m scratchvit.evaluate``; the flags shared with training are TrainSettings'."""
+
+    checkpoint: str = setting(None, 0, "an .npz in the official layout (e.g. a run's best.npz)", required=True)
+    dataset: str = shared("dataset", default=None, required=True, help="dataset to evaluate on")
+    data_dir: str = shared("data_dir")
+    split: str = setting("test", 0, "which split", ("test", "train"))
+    batch_size: int = shared("eval_batch_size", help="images per forward pass")
+    device: str = shared("device")
+    dtype: str = shared("dtype")
+    gelu: str = shared("gelu", help="GELU form the weights were trained with (tanh: official JAX; erf: "
+                       "PyTorch/timm); None: the run's config.json next to the checkpoint, else tanh")
+    workers: int = shared("workers", help="threads preparing images")
+    skip_bad_images: bool = shared("skip_bad_images")
+    json: str = setting(None, 0, "also write the results to this JSON file")
+
+    def __post_init__(self):
+        check_positive_int("--batch-size", self.batch_size)
+        check_positive_int("--workers", self.workers)
+        _check_choices(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictSettings:
+    """The settings of ``python -m scratchvit.predict``; --device is TrainSettings'."""
+
+    images: list = setting(None, 0, "image files (any format Pillow reads)", metavar="IMAGE", positional=True)
+    checkpoint: str = setting(None, 0, "an .npz checkpoint (official layout)", required=True)
+    top_k: int = setting(5, 0, "classes shown per image")
+    labels: str = setting(None, 0, "class names, one per line (None: the run's config.json, ImageNet-1k names "
+                          "for 1000 classes, else 'class K')")
+    json: bool = setting(False, 0, "print one JSON document instead of text")
+    device: str = shared("device")
+    attention_map: str = setting(None, 0, "write the attention rollout of every image, overlaid on it, to this "
+                                 "PNG", metavar="OUT.png")
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise ValueError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.attention_map is not None and not self.attention_map.lower().endswith(".png"):
+            raise ValueError(f"--attention-map must name a .png file, got {self.attention_map!r}")
+        _check_choices(self)
+
+
+def add_flags(ap, cls, groups=None, defaults_none: bool = False) -> None:
+    """One argument per field of the settings dataclass ``cls``: ``--name-of-field`` (a bool as
+    --flag/--no-flag), with the field's type, choices and help, the help showing its default; a
+    positional field as plain arguments. ``groups``: argument groups indexed by the fields' group
+    (else all go to ``ap``). ``defaults_none``: every flag defaults to None ("not given"), as training's
+    do so that a preset's value survives."""
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        g = groups[m["group"]] if groups else ap
+        default = None if defaults_none else f.default
+        if m["positional"]:
+            g.add_argument(f.name, nargs="+", metavar=m["metavar"], help=m["help"])
+        elif f.type == "bool":
+            g.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                           help=f"{m['help']} (default: {'on' if f.default else 'off'})")
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            given = {"required": True} if m["required"] else {"default": default}
+            g.add_argument(flag(f.name), dest=f.name, type=kind, choices=m["choices"], metavar=m["metavar"],
+                           help=m["help"] if m["required"] else f"{m['help']} (default: {f.default})", **given)
+
+
+def cli_parser(cls, prog: str = "", description: str | None = None) -> argparse.ArgumentParser:
+    """The parser of a CLI whose settings are the dataclass ``cls`` (EvaluateSettings, PredictSettings)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(ap, cls)
+    return ap
+
+
+def parse_settings(cls, argv=None, prog: str = "", description: str | None = None):
+    """``cls`` (EvaluateSettings, PredictSettings) from the command line ``argv`` (sys.argv if None). A bad
+    value exits with status 2 and argparse's usage message (:class:`SystemExit`), naming the flag."""
+    ap = cli_parser(cls, prog, description)
+    args = ap.parse_args(argv)
+    try:
+        return cls(**vars(args))
+    except ValueError as e:
+        ap.error(str(e))
 
 
 def flag(name: str) -> str:
@@ -174,15 +311,7 @@ def build_parser(prog="python -m scratchvit.train", description=None) -> argpars
     ap.add_argument("--config", default=None, help="a preset: a JSON file of settings, or the name of one in "
                     f"scratchvit/presets/ ({', '.join(preset_names())}); flags given on the command line win")
     groups = [ap.add_argument_group(g) for g in GROUPS]
-    for f in dataclasses.fields(TrainSettings):
-        m, g = f.metadata, groups[f.metadata["group"]]
-        if f.type == "bool":
-            g.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{m['help']} (default: {'on' if f.default else 'off'})")
-            continue
-        kind = {"int": int, "float": float, "str": str}[f.type]
-        g.add_argument(flag(f.name), dest=f.name, type=kind, choices=m["choices"], default=None,
-                       help=f"{m['help']} (default: {f.default})")
+    add_flags(ap, TrainSettings, groups, defaults_none=True)
     groups[4].add_argument("--resume", action="store_true", help="continue the run in --out from its state.npz, "
                            f"with the settings of its config.json (only {', '.join(map(flag, RUNTIME))} may change)")
     return ap

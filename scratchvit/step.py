@@ -33,6 +33,7 @@ import numpy as np
 
 from . import cpu, distributed
 from .backend import PRECISIONS, is_numpy, namespace, to_device, to_numpy
+from .ops.dropout import RngKey
 from .optim import clip_by_global_norm, global_norm
 
 COMPUTE_DTYPES = {"fp32": None, "fp16": "float16"}  # None: the model's own dtype
@@ -113,14 +114,28 @@ class StepResult:
     stop: bool = False
 
 
+SOFT_TOL = 1e-4  # soft-target rows sum to 1 within this (float32 mixing); as ops.cross_entropy.SOFT_TOL
+
+
 def check_labels(labels, num_classes: int) -> None:
-    """Refuse labels that are not (B,) integers in [0, num_classes), checked on the host (NumPy) before
-    they move to the device, so the device never has to answer.
+    """Refuse labels that are not (B,) integers in [0, num_classes) nor (B, num_classes) soft targets
+    (floats, finite, >= 0, each row summing to 1 within 1e-4: mixup / CutMix targets), checked on the
+    host (NumPy) before they move to the device, so the device never has to answer.
 
     Raises:
-        ValueError: naming the dtype or the range found.
+        ValueError: naming the shape, dtype, range or row sum found.
     """
     labels = np.asarray(labels)
+    if labels.ndim == 2:
+        if labels.dtype.kind != "f" or labels.shape[1] != num_classes:
+            raise ValueError(f"soft targets must be a (B, {num_classes}) float array, got shape {labels.shape} "
+                             f"dtype {labels.dtype}")
+        if labels.size:
+            err = float(np.abs(labels.sum(axis=1, dtype=np.float64) - 1.0).max())
+            if not (np.isfinite(labels).all() and labels.min() >= 0 and err <= SOFT_TOL):
+                raise ValueError(f"soft targets must be rows of probabilities (finite, >= 0, summing to 1), got "
+                                 f"min {labels.min()} and a row sum off by {err:.3g}")
+        return
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be a (B,) integer array, got shape {labels.shape} dtype {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -145,12 +160,13 @@ def _add(total: dict | None, grads: dict, dtype) -> dict:
 
 def loss_and_grads(model, images, labels, *, total: float | None = None, accum_steps: int = 1,
                    label_smoothing: float = 0.0, loss_scale: float = 1.0, grad_dtype=None,
-                   need_dinput: bool = False):
+                   need_dinput: bool = False, train: bool = False, key=None):
     """The weighted sum over parts of (mean loss, gradients): micro-batches, and threads on the CPU.
 
     Args:
         model: a :class:`scratchvit.ViT` (its ``part_loss_and_grads`` runs one part).
-        images: (B, H, W, 3) on the model's device, in its dtype; labels: (B,) integers there.
+        images: (B, H, W, 3) on the model's device, in its dtype; labels: (B,) integers there, or (B, K)
+            soft targets.
         total: the number of images the weights divide by (default B; under MPI the global batch
             over the number of ranks, whose allreduce then averages).
         accum_steps: micro-batches, run one after the other (sizes differ by one where B does not divide).
@@ -158,6 +174,10 @@ def loss_and_grads(model, images, labels, *, total: float | None = None, accum_s
         loss_scale: multiplies the gradients (not the loss): fp16 loss scaling.
         grad_dtype: the dtype the gradients are summed in (the namespace's float32 for fp16), None: as computed.
         need_dinput: also return d loss / d images under "images".
+        train, key: a training pass (dropout, drop path); ``key`` (:class:`scratchvit.ops.RngKey`) holds the
+            seed, the step and the global index of row 0 of ``images`` (this MPI rank's offset); each part
+            gets it moved on by the part's offset (micro-batch + thread shard), so every row draws the same
+            masks however the batch is split.
 
     Returns:
         (loss, grads): the mean loss over ``total`` images as a 0-d array on the device (no host read),
@@ -174,9 +194,10 @@ def loss_and_grads(model, images, labels, *, total: float | None = None, accum_s
     loss, grads = None, None
     for lo, hi in shares(B, accum_steps):
         def part(s, e, lo=lo):
-            return model.part_loss_and_grads(images[lo + s:lo + e], labels[lo + s:lo + e], (e - s) / total,
+            return model.part_loss_and_grads(images[lo + s:lo + e, ...], labels[lo + s:lo + e, ...], (e - s) / total,
                                              label_smoothing=label_smoothing, loss_scale=loss_scale,
-                                             need_dinput=need_dinput)
+                                             need_dinput=need_dinput, train=train,
+                                             key=None if key is None else key.offset(lo + s))
 
         for part_loss, part_grads in cpu.split_batch(part, hi - lo, on_cpu=on_cpu):
             loss = part_loss if loss is None else loss + part_loss
@@ -186,20 +207,23 @@ def loss_and_grads(model, images, labels, *, total: float | None = None, accum_s
 
 def train_step(model, optimizer, opt_state: dict, images, labels, lr: float, *, dist=None, accum_steps: int = 1,
                label_smoothing: float = 0.0, grad_clip: float | None = 1.0, precision: str = "fp32",
-               loss_scale: LossScale | None = None, step: int = 0, stop: bool = False) -> StepResult:
+               loss_scale: LossScale | None = None, step: int = 0, stop: bool = False, seed: int = 0) -> StepResult:
     """One optimiser step on this rank's share of a global batch.
 
     Args:
         model: a :class:`scratchvit.ViT` (its parameters, float32 or float64, are the masters).
         optimizer, opt_state: from :mod:`scratchvit.optim`; ``opt_state`` on the model's device.
-        images: (B, H, W, 3) host (NumPy) array of the global batch, pixels in [-1, 1]; labels: (B,) int.
+        images: (B, H, W, 3) host (NumPy) array of the global batch, pixels in [-1, 1]; labels: (B,) int,
+            or (B, K) float soft targets (mixup / CutMix).
         lr: this step's learning rate.
         dist: :mod:`scratchvit.distributed` object (None: one process).
         accum_steps, label_smoothing: see :func:`loss_and_grads`.
         grad_clip: global-norm clipping threshold (None or 0: off).
         precision: "fp32" (the model's dtype throughout) or "fp16" (mixed precision; needs ``loss_scale``).
         loss_scale: the :class:`LossScale` of an fp16 run (updated here).
-        step: the step number (for messages and the MPI test hooks).
+        step: the step number (for messages, the MPI test hooks and the dropout masks).
+        seed: the run's seed; with ``step`` and each row's global index it fixes the dropout and drop-path
+            masks (:class:`scratchvit.ops.RngKey`), so ranks, micro-batches, threads and resumed runs agree.
         stop: this rank was asked to stop (Ctrl-C); under MPI the flag travels with the gradients, so
             that every rank learns in the same step whether any rank was.
 
@@ -218,13 +242,14 @@ def train_step(model, optimizer, opt_state: dict, images, labels, lr: float, *, 
     batch = len(labels)
     lo, hi = dist.split_range(batch)  # this rank's rows: all of them in one process
     check_labels(labels[lo:hi], model.config.num_classes)
+    key = RngKey(seed, step, lo)  # this rank's first row is row lo of the global batch
     compute = model if precision == "fp32" else model.cast(COMPUTE_DTYPES[precision])
     x = to_device(images[lo:hi], model.device, compute.dtype)  # the step's one host-to-device copy
     y = to_device(labels[lo:hi], model.device)
     scale = loss_scale.scale if precision == "fp16" else 1.0
     loss, grads = loss_and_grads(compute, x, y, total=batch / dist.size, accum_steps=accum_steps,
                                  label_smoothing=label_smoothing, loss_scale=scale,
-                                 grad_dtype=None if compute is model else model.xp.float32)
+                                 grad_dtype=None if compute is model else model.xp.float32, train=True, key=key)
     xp = model.xp
     flag = xp.asarray(float(stop), dtype=xp.float64, device=model.device_object)
     if dist.size > 1:

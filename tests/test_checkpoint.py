@@ -194,6 +194,32 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["c.npz"]
 
 
+def test_a_full_disk_is_one_line_naming_the_file_and_its_size(tmp_path, monkeypatch):
+    """ENOSPC while a checkpoint is written: a WriteError (an OSError) whose message names the file and the
+    space it needs, the old file left whole, no temporary file left."""
+    import errno
+
+    from scratchvit import files
+
+    path = tmp_path / "c.npz"
+    sv.save_checkpoint(path, small_model().params)
+    before = path.read_bytes()
+
+    def full(f, *a, **k):
+        f.write(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(files.WriteError) as e:
+        sv.save_checkpoint(path, small_model().params)
+    assert e.value.errno == errno.ENOSPC and isinstance(e.value, OSError)
+    assert str(e.value).startswith(f"cannot write {path}: no space left on the device (it needs about ")
+    assert f" free in {tmp_path})" in str(e.value) and "\n" not in str(e.value)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["c.npz"]
+    with pytest.raises(files.WriteError, match=r"cannot write .*nowhere.*"):
+        files.write_text_atomic(tmp_path / "nowhere" / "x.json", "{}")
+
+
 def test_saved_files_get_the_usual_permissions(tmp_path):
     old = os.umask(0o022)
     try:

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def fresh(monkeypatch):
     """cpu's once-only state reset for the test (restored afterwards by monkeypatch)."""
     monkeypatch.setattr(cpu, "_configured", None)
-    monkeypatch.setattr(cpu, "_blas_fns", None)
+    monkeypatch.setattr(cpu, "_controller", None)
     monkeypatch.delenv(cpu.OPT_OUT_ENV, raising=False)
     calls = []
     monkeypatch.setattr(cpu, "keep_freed_memory", lambda: calls.append(1) or True)
@@ -47,7 +47,7 @@ def test_opt_out_changes_nothing(fresh, monkeypatch):
     monkeypatch.setenv(cpu.OPT_OUT_ENV, "1")
     out = cpu.configure()
     assert out == {"enabled": False, "malloc": False, "openblas_thread_timeout": False, "blas_thread_control": False}
-    assert fresh == [] and cpu.blas_thread_fns() is None
+    assert fresh == [] and cpu.blas_controller() is None
     with cpu.blas_threads(1) as held:
         assert not held
     calls = []
@@ -77,8 +77,8 @@ def test_settings_hold_when_numpy_was_imported_first(opt_out):
 def test_split_batch_covers_the_batch_in_order(monkeypatch):
     monkeypatch.setattr(cpu, "NUM_THREADS", 3)
     monkeypatch.setattr(cpu, "_pool", None)
-    if not cpu.blas_thread_fns():
-        pytest.skip("no OpenBLAS reachable: the batch is not split")
+    if not cpu.blas_controller():
+        pytest.skip("no BLAS threadpoolctl can steer: the batch is not split")
     inner = []
 
     def fn(s, e):
@@ -90,8 +90,8 @@ def test_split_batch_covers_the_batch_in_order(monkeypatch):
 
 
 def test_split_step_equals_the_whole_batch_step(rng, monkeypatch):
-    if not cpu.blas_thread_fns() or not cpu.tuning_enabled():
-        pytest.skip("the batch is not split here (no OpenBLAS reachable, or CPU tuning off)")
+    if not cpu.blas_controller() or not cpu.tuning_enabled():
+        pytest.skip("the batch is not split here (no BLAS threadpoolctl can steer, or CPU tuning off)")
     monkeypatch.setattr(cpu, "NUM_THREADS", 3)  # split into 3 shards, whatever the core count
     monkeypatch.setattr(cpu, "_pool", None)
     real_split, shards = cpu.split_batch, []
@@ -114,3 +114,26 @@ def test_split_step_equals_the_whole_batch_step(rng, monkeypatch):
     assert abs(loss - loss1) <= 1e-14
     for k in grads1:
         np.testing.assert_allclose(grads[k], grads1[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_blas_threads_holds_and_restores_the_count_through_threadpoolctl():
+    """blas_threads sets the thread count of every BLAS threadpoolctl finds (OpenBLAS, MKL, BLIS,
+    FlexiBLAS) and puts the previous one back, also when the body raises."""
+    controller = cpu.blas_controller()
+    if controller is None:
+        pytest.skip("no BLAS threadpoolctl can steer here, or CPU tuning off")
+
+    def counts():
+        return [lib["num_threads"] for lib in controller.info()]
+
+    before = counts()
+    with cpu.blas_threads(1) as held:
+        assert held and counts() == [1] * len(before)
+        with cpu.blas_threads(2):
+            assert counts() == [2] * len(before)
+        assert counts() == [1] * len(before)
+    assert counts() == before
+    with pytest.raises(RuntimeError), cpu.single_threaded_blas():
+        raise RuntimeError
+    assert counts() == before
+    assert cpu.blas_controller() is controller  # created once

@@ -159,6 +159,51 @@ def test_missing_mpi4py_under_a_launcher_is_a_clear_error(monkeypatch):
 def test_single_process_is_the_identity():
     d = distributed.Single()
     assert d.split_range(7) == (0, 7) and (d.rank, d.size, d.is_main) == (0, 1, True)
+    assert d.main_first(lambda: 5, "x") == 5
+
+
+def test_the_stall_hook_is_parsed_once_for_its_rank():
+    assert distributed.parse_stall_hook("", 0) == (None, "")
+    assert distributed.parse_stall_hook("1:3", 1) == (3, "stall")
+    assert distributed.parse_stall_hook("1:3:exit", 1) == (3, "exit")
+    assert distributed.parse_stall_hook("1:3:sigint", 0) == (None, "")  # another rank's
+    with pytest.raises(ValueError, match="SCRATCHVIT_TEST_STALL='1:x': expected RANK:STEP"):
+        distributed.parse_stall_hook("1:x", 1)
+
+
+MAIN_FIRST = """
+import sys, time
+from pathlib import Path
+from scratchvit import distributed
+dist = distributed.init("auto", 20.0)
+marker = Path(sys.argv[1])
+def fetch():
+    if dist.is_main:
+        if sys.argv[2] == "fail":
+            raise RuntimeError("no network")
+        time.sleep(1.0)  # a slow download: the other rank must not start meanwhile
+        marker.write_text("fetched")
+        return "downloaded"
+    return "read " + marker.read_text()  # fails if rank 0 has not fetched yet
+try:
+    print(f"rank {dist.rank}: {dist.main_first(fetch, 'loading the data')}", flush=True)
+except RuntimeError as e:
+    print(f"rank {dist.rank} error: {e}", flush=True)
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", ["ok", "fail"])
+def test_rank_0_fetches_the_data_first_and_the_others_wait(tmp_path, case):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    r = subprocess.run(mpiexec(2) + [sys.executable, "-c", MAIN_FIRST, str(tmp_path / "m"), case],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    if case == "ok":
+        assert "rank 0: downloaded" in r.stdout and "rank 1: read fetched" in r.stdout, r.stdout
+    else:  # rank 0's failure reaches rank 1 as an error, not as a wait or a second download
+        assert "rank 0 error: no network" in r.stdout
+        assert "rank 1 error: loading the data failed on rank 0" in r.stdout, r.stdout
 
 
 def test_flatten_then_unflatten_round_trips(rng):

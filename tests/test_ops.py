@@ -1,11 +1,15 @@
-"""Gradient checks of every hand-written op, float64, central finite differences: rel. error <= 1e-6."""
+"""Gradient checks of every hand-written op, float64, central finite differences: rel. error <= 1e-6, each in three
+forms: the NumPy fast form, the plain (array API) form on NumPy, and the plain form on array-api-strict's
+Device("device1")."""
 import numpy as np
 import pytest
-from gradcheck import numerical_grad, relative_error
+from gradcheck import numerical_grad, relative_error, sample_indices
 
 from scratchvit import ops
+from scratchvit.ops.gelu import GELU_FORMS
 
 TOL = 1e-6
+STRICT_PROBES = 24  # elements probed per input on the strict device (each probe runs the op there twice)
 
 
 def attention_params(rng, D, H, scale=1.0):
@@ -19,91 +23,177 @@ def attention_params(rng, D, H, scale=1.0):
     return p
 
 
+class Form:
+    """One way to run the ops in a gradient check: "numpy_fast" (the public functions on float64 NumPy,
+    which take the NumPy fast forms), "numpy_plain" (the ``*_plain`` functions on NumPy) or "strict_plain"
+    (the public functions on array-api-strict's Device("device1"), where only the plain forms can run).
+    ``o.dense_forward`` etc. is the op of that form; ``move`` / ``host`` carry arrays to and from its device."""
+
+    def __init__(self, name):
+        self.name = name
+        self.suffix = "_plain" if name == "numpy_plain" else ""
+        self.strict = name == "strict_plain"
+
+    def __getattr__(self, op):
+        return getattr(ops, op + self.suffix)
+
+    def move(self, a):
+        if not self.strict:
+            return a
+        from strict_device import to_strict
+
+        return to_strict(a)
+
+    def host(self, a):
+        if not self.strict:
+            return a
+        from strict_device import to_host
+
+        return to_host(a)
+
+    def copy(self, a):
+        """A copy for the in-place fast softmax; the plain forms (and device arrays) need none."""
+        return a.copy() if isinstance(a, np.ndarray) else a
+
+
+FORMS = ("numpy_fast", "numpy_plain", "strict_plain")
+
+
 def _attention_case(heads):
     def make(rng):
         return {"x": rng.standard_normal((2, 5, 12)), **attention_params(rng, 12, heads, scale=0.5)}
 
-    def fwd(x, **p):
-        return ops.attention_forward(x, p)
+    def fwd(o, x, **p):
+        return o.attention_forward(x, p)
 
-    def bwd(R, cache):
-        dx, g = ops.attention_backward(R, cache)
-        # softmax is invariant to a shift shared by a row, so the key bias has exactly zero gradient.
-        assert np.abs(g.pop("key/bias")).max() < 1e-12
+    def bwd(o, R, cache):
+        dx, g = o.attention_backward(R, cache)
         return {"x": dx, **g}
 
     return make, fwd, bwd
 
 
-def _pre_logits_forward(x, kernel, bias):
+def _attention_dropout_case(heads):
+    """Attention with a fixed dropout multiplier of the probabilities (an input the check does not perturb)."""
+    def make(rng):
+        keep = (rng.random((2, heads, 5, 5)) >= 0.3) / 0.7
+        return {"x": rng.standard_normal((2, 5, 12)), "keep": keep, **attention_params(rng, 12, heads, scale=0.5)}
+
+    def fwd(o, x, keep, **p):
+        return o.attention_forward(x, p, keep)
+
+    def bwd(o, R, cache):
+        dx, g = o.attention_backward(R, cache)
+        return {"x": dx, **g}
+
+    return make, fwd, bwd
+
+
+def _pre_logits_forward(o, x, kernel, bias):
     """The official pre-logits layer: Dense then tanh."""
-    h, c1 = ops.dense_forward(x, kernel, bias)
-    y, c2 = ops.tanh_forward(h)
+    h, c1 = o.dense_forward(x, kernel, bias)
+    y, c2 = o.tanh_forward(h)
     return y, (c1, c2)
 
 
-def _pre_logits_backward(R, cache):
+def _pre_logits_backward(o, R, cache):
     c1, c2 = cache
-    return dict(zip(("x", "kernel", "bias"), ops.dense_backward(ops.tanh_backward(R, c2), c1), strict=True))
+    return dict(zip(("x", "kernel", "bias"), o.dense_backward(o.tanh_backward(R, c2), c1), strict=True))
+
+
+def _named(names, grads):
+    return dict(zip(names, grads, strict=True))
 
 
 LABELS = np.array([0, 4, 2, 2])
-# id -> (make(rng) -> inputs, forward(**inputs) -> (output, cache), backward(R, cache) -> {input name: grad})
+# soft targets (mixup / CutMix), dyadic so that they are exact rows of probabilities in float16 too
+SOFT = np.array([[0.5, 0.25, 0.125, 0.125, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0],
+                 [0.0, 0.75, 0.25, 0.0, 0.0], [0.0625, 0.0625, 0.125, 0.25, 0.5]])
+KEY = ops.RngKey(seed=7, step=3, row=5)  # a fixed key: a fixed dropout / drop-path mask
+# id -> (make(rng) -> inputs, forward(form, **inputs) -> (output, cache), backward(form, R, cache) -> {input: grad})
 CASES = {
     "dense": (lambda r: {"x": r.standard_normal((2, 3, 5)), "kernel": r.standard_normal((5, 4)),
                          "bias": r.standard_normal(4)},
-              ops.dense_forward,
-              lambda R, c: dict(zip(("x", "kernel", "bias"), ops.dense_backward(R, c), strict=True))),
+              lambda o, **i: o.dense_forward(**i),
+              lambda o, R, c: _named(("x", "kernel", "bias"), o.dense_backward(R, c))),
     "pre_logits": (lambda r: {"x": r.standard_normal((3, 5)), "kernel": r.standard_normal((5, 4)) * 0.5,
                               "bias": r.standard_normal(4)},
                    _pre_logits_forward, _pre_logits_backward),
     "patch_embedding": (lambda r: {"images": r.standard_normal((2, 8, 12, 3)),
                                    "kernel": r.standard_normal((4, 4, 3, 5)), "bias": r.standard_normal(5)},
-                        ops.patch_embedding_forward,
-                        lambda R, c: dict(zip(("images", "kernel", "bias"),
-                                              ops.patch_embedding_backward(R, c, need_dx=True), strict=True))),
+                        lambda o, **i: o.patch_embedding_forward(**i),
+                        lambda o, R, c: _named(("images", "kernel", "bias"),
+                                               o.patch_embedding_backward(R, c, need_dx=True))),
     "layer_norm": (lambda r: {"x": r.standard_normal((2, 3, 6)) * 3 + 1, "scale": r.standard_normal(6),
                               "bias": r.standard_normal(6)},
-                   ops.layer_norm_forward,
-                   lambda R, c: dict(zip(("x", "scale", "bias"), ops.layer_norm_backward(R, c),
-                                         strict=True))),
+                   lambda o, **i: o.layer_norm_forward(**i),
+                   lambda o, R, c: _named(("x", "scale", "bias"), o.layer_norm_backward(R, c))),
     **{f"attention_{h}_heads": _attention_case(h) for h in (1, 2, 3, 4)},
     "softmax": (lambda r: {"s": r.standard_normal((2, 3, 5))},
-                lambda s: (ops.softmax_forward(s.copy()),) * 2,
-                lambda R, p: {"s": ops.softmax_backward(R.copy(), p)}),
+                lambda o, s: (o.softmax_forward(o.copy(s)),) * 2,
+                lambda o, R, p: {"s": o.softmax_backward(o.copy(R), p)}),
     **{f"gelu_{a}": (lambda r: {"x": r.standard_normal((3, 7)) * 2},
-                     lambda x, a=a: ops.gelu_forward(x, a),
-                     lambda R, c: {"x": ops.gelu_backward(R, c)}) for a in ("tanh", "erf")},
-    "tanh": (lambda r: {"x": r.standard_normal((3, 4))}, ops.tanh_forward,
-             lambda R, c: {"x": ops.tanh_backward(R, c)}),
+                     lambda o, x, a=a: o.gelu_forward(x, a),
+                     lambda o, R, c: {"x": o.gelu_backward(R, c)}) for a in GELU_FORMS},
+    "tanh": (lambda r: {"x": r.standard_normal((3, 4))}, lambda o, x: o.tanh_forward(x),
+             lambda o, R, c: {"x": o.tanh_backward(R, c)}),
     **{f"pool_{cl}": (lambda r: {"x": r.standard_normal((2, 5, 3))},
-                      lambda x, cl=cl: ops.pool_forward(x, cl),
-                      lambda R, c: {"x": ops.pool_backward(R, c)}) for cl in ("token", "gap")},
-    "cross_entropy": (lambda r: {"logits": r.standard_normal((4, 5)) * 3},
-                      lambda logits: ops.softmax_cross_entropy_forward(logits, LABELS),
-                      lambda R, c: {"logits": ops.softmax_cross_entropy_backward(c, float(R))}),
-    "cross_entropy_label_smoothing": (lambda r: {"logits": r.standard_normal((4, 5)) * 3},
-                                      lambda logits: ops.softmax_cross_entropy_forward(logits, LABELS, 0.1),
-                                      lambda R, c: {"logits": ops.softmax_cross_entropy_backward(c, float(R))}),
+                      lambda o, x, cl=cl: o.pool_forward(x, cl),
+                      lambda o, R, c: {"x": o.pool_backward(R, c)}) for cl in ("token", "gap")},
+    **{f"cross_entropy{name}": (lambda r: {"logits": r.standard_normal((4, 5)) * 3},
+                                lambda o, logits, eps=eps: o.softmax_cross_entropy_forward(logits, o.move(LABELS), eps),
+                                lambda o, R, c: {"logits": o.softmax_cross_entropy_backward(c, R)})
+       for name, eps in (("", 0.0), ("_label_smoothing", 0.1))},
+    **{f"cross_entropy_soft{name}": (lambda r: {"logits": r.standard_normal((4, 5)) * 3, "targets": SOFT},
+                                     lambda o, logits, targets, eps=eps: o.softmax_cross_entropy_forward(
+                                         logits, targets, eps),
+                                     lambda o, R, c: {"logits": o.softmax_cross_entropy_backward(c, R)})
+       for name, eps in (("", 0.0), ("_label_smoothing", 0.1))},
+    **{f"attention_dropout_{h}_heads": _attention_dropout_case(h) for h in (1, 3)},
+    "dropout": (lambda r: {"x": r.standard_normal((3, 4, 6))},
+                lambda o, x: o.dropout_forward(x, 0.3, KEY, 2),
+                lambda o, R, c: {"x": o.dropout_backward(R, c)}),
+    "drop_path": (lambda r: {"x": r.standard_normal((8, 3, 4))},
+                  lambda o, x: o.drop_path_forward(x, 0.4, KEY, 3),
+                  lambda o, R, c: {"x": o.drop_path_backward(R, c)}),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_gradient(rng, case):
-    """loss = sum(forward(inputs) * R) for a random R; every input's analytic gradient against
-    central differences."""
+def run_case(case, form, rng, dtype=np.float64):
+    """Inputs of ``case`` (cast to ``dtype``), its forward output, a random upstream gradient R (the output's
+    shape) and the backward's gradients, all as host NumPy arrays; the op runs in ``form``."""
+    o = Form(form) if isinstance(form, str) else form
     make, forward, backward = CASES[case]
-    inputs = make(rng)
-    R = rng.standard_normal(np.shape(forward(**inputs)[0]))
+    inputs = {k: v.astype(dtype) for k, v in make(rng).items()}
+    out, cache = forward(o, **{k: o.move(v) for k, v in inputs.items()})
+    out = o.host(out)
+    R = np.asarray(rng.standard_normal(np.shape(out)), dtype=dtype)
+    grads = {k: o.host(v) for k, v in backward(o, o.move(R), cache).items()}
+    return inputs, out, R, grads
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradient(rng, case, form):
+    """loss = sum(forward(inputs) * R) for a random R; every input's analytic gradient against
+    central differences. The numerical gradient perturbs host copies; for "strict_plain" every
+    evaluation moves the inputs to the device, runs the op there and reads the output back (and only
+    STRICT_PROBES random elements of each input are probed there, for time)."""
+    o = Form(form)
+    _, forward, _ = CASES[case]
+    inputs, _, R, analytic = run_case(case, o, rng)
 
     def loss():
-        return float((forward(**inputs)[0] * R).sum())
+        return float((o.host(forward(o, **{k: o.move(v) for k, v in inputs.items()})[0]) * R).sum())
 
-    analytic = backward(R, forward(**inputs)[1])
+    if "key/bias" in analytic:
+        # softmax is invariant to a shift shared by a row, so the key bias has exactly zero gradient.
+        assert np.abs(analytic.pop("key/bias")).max() < 1e-12
     assert set(analytic) <= set(inputs) and analytic, case
     for name, grad in analytic.items():
-        _, num = numerical_grad(loss, inputs[name])
-        err = relative_error(grad.reshape(-1), num)
+        probes = sample_indices(grad.size, STRICT_PROBES, rng) if o.strict else None
+        idx, num = numerical_grad(loss, inputs[name], probes)
+        err = relative_error(grad.reshape(-1)[idx], num)
         assert err <= TOL, f"{case} {name}: relative error {err:.2e}"
         assert np.abs(num).max() > 1e-3, f"{case} {name}: gradient is trivially small, check is vacuous"
 
@@ -228,7 +318,7 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
         ln, lc = ops.layer_norm_forward(x, scale, bias)
         lg = ops.layer_norm_backward(dy, lc)
         out = [y, dx, *g.values(), ln, *lg]
-        for approximate in ("tanh", "erf"):
+        for approximate in GELU_FORMS:
             gy, gc = ops.gelu_forward(h, approximate)
             out += [gy, ops.gelu_backward(dh, gc)]
         return out
@@ -238,11 +328,11 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
     # blocks on threads, BLAS held to one thread where it is OpenBLAS
     for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
-    monkeypatch.setattr(cpu, "_blas_fns", False)  # as with a BLAS that cannot be held...
+    monkeypatch.setattr(cpu, "_controller", False)  # as with a BLAS that cannot be held...
     monkeypatch.setattr(cpu, "SMALL_PRODUCT", 1)  # ...the products go by one query / key row
     from scratchvit.ops import attention
 
-    assert len(attention._row_chunks(7, 7, 4, np)) == 7
+    assert len(attention._row_chunks(7, 7, 4)) == 7
     for a, b in zip(whole, run(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13)
     monkeypatch.setattr(cpu, "NUM_THREADS", 1)
@@ -253,9 +343,12 @@ def test_blocked_and_chunked_paths_match_the_whole_array_path(rng, monkeypatch):
 def test_single_threaded_blas_restores_the_thread_count():
     from scratchvit import cpu
 
-    if not cpu.blas_thread_fns():
-        pytest.skip("the BLAS here is not an OpenBLAS reachable through ctypes")
-    get, _ = cpu.blas_thread_fns()
+    if not cpu.blas_controller():
+        pytest.skip("no BLAS here that threadpoolctl can steer")
+
+    def get():
+        return cpu.blas_controller().info()[0]["num_threads"]
+
     before = get()
     with cpu.single_threaded_blas() as held:
         assert held and get() == 1

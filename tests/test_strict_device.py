@@ -6,7 +6,7 @@ NumPy; a training step reads the device back to the host once; a host array slip
 """
 import numpy as np
 import pytest
-from strict_device import DEVICE, to_host, xs
+from strict_device import DEVICE, Array, to_host
 
 import scratchvit as sv
 from scratchvit import checkpoint, evaluate, optim, runs, step
@@ -29,15 +29,21 @@ def twin_models(config, seed=1):
     return host, dev
 
 
-def assert_close(dev, host, tol=1e-12, what=""):
+def assert_close(dev, host, tol=1e-12, what="", key_bias_abs=None):
+    """max |dev - host| <= tol * max |host|. The key bias has a gradient that is mathematically zero (softmax
+    ignores a shift shared by a row), so its gradient, optimiser state and updates are rounding noise of
+    each form (about 1e-18); with ``key_bias_abs`` they are compared to that absolute bound instead."""
     dev = to_host(dev)
+    if key_bias_abs is not None and what.endswith("key/bias"):
+        assert np.abs(dev - host).max() <= key_bias_abs, what
+        return
     scale = max(np.abs(host).max(), 1e-300)
     assert np.abs(dev - host).max() <= tol * scale, f"{what}: {np.abs(dev - host).max() / scale:.2e}"
 
 
 def test_parameters_live_on_the_device():
     _, dev = twin_models(small_config())
-    assert all(isinstance(v, xs.Array) and v.device == DEVICE for v in dev.params.values())
+    assert all(isinstance(v, Array) and v.device == DEVICE for v in dev.params.values())
     assert all(v.device == DEVICE for v in optim.AdamW().init(dev.params).values())
 
 
@@ -66,6 +72,9 @@ def test_forward_and_gradients_equal_numpy(rng, classifier, rep, gelu):
     loss_d, g_d = dev.loss_and_grads(images, labels, need_dinput=True, label_smoothing=0.1)
     assert loss_d == pytest.approx(loss_h, rel=1e-12)
     for k in g_h:
+        if k.endswith("key/bias"):  # mathematically zero (softmax ignores a shift of a row): rounding noise
+            assert np.abs(to_host(g_d[k])).max() < 1e-14 and np.abs(g_h[k]).max() < 1e-14
+            continue
         assert_close(g_d[k], g_h[k], what=k)
 
 
@@ -93,9 +102,9 @@ def test_twenty_training_steps_equal_numpy(rng, opt_name):
     assert max(n for _, n in losses_h) > 0.5  # clipping took place
     np.testing.assert_allclose(losses_d, losses_h, rtol=1e-12)
     for k in host.params:
-        assert_close(dev.params[k], host.params[k], what=k)
+        assert_close(dev.params[k], host.params[k], what=k, key_bias_abs=1e-12)
     for k in state_h:
-        assert_close(state_d[k], state_h[k], what=k)
+        assert_close(state_d[k], state_h[k], what=k, key_bias_abs=1e-12)
 
 
 def test_checkpoint_and_resume_state_round_trip(rng, tmp_path):
@@ -138,22 +147,22 @@ def test_a_training_step_reads_the_device_once(rng, monkeypatch):
     is counted: a training step with accumulation and clipping (SGD and AdamW) makes one read."""
     reads = []
     for name in ("__float__", "__int__", "__bool__", "__index__", "__dlpack__", "__complex__"):
-        real = getattr(xs.Array, name)
+        real = getattr(Array, name)
 
         def counted(self, *a, _real=real, _name=name, **k):
             if self.device == DEVICE:
                 reads.append(_name)
             return _real(self, *a, **k)
 
-        monkeypatch.setattr(xs.Array, name, counted)
-    real_to_device = xs.Array.to_device
+        monkeypatch.setattr(Array, name, counted)
+    real_to_device = Array.to_device
 
     def to_device(self, device, /, **k):
         if self.device == DEVICE and device != DEVICE:
             reads.append("to_device")
         return real_to_device(self, device, **k)
 
-    monkeypatch.setattr(xs.Array, "to_device", to_device)
+    monkeypatch.setattr(Array, "to_device", to_device)
     _, dev = twin_models(small_config())
     images, labels = rng.uniform(-1, 1, (8, 16, 16, 3)), rng.integers(0, 5, 8)
     for opt_name in ("sgd", "adamw"):

@@ -221,6 +221,28 @@ def test_presets_load_and_validate(preset):
                 s.warmup_steps, s.steps, s.schedule) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
 
 
+def test_every_cli_offers_the_same_choices():
+    """train, evaluate and predict build their parsers from the settings dataclasses: a flag they share has
+    the same choices and help, and the choices are the one tuple each (devices, datasets, GELU forms)."""
+    from scratchvit.backend import DEVICES
+    from scratchvit.data import AUGMENTS, DATASETS
+    from scratchvit.ops.gelu import GELU_FORMS
+
+    def actions(ap):
+        return {a.dest: a for a in ap._actions}
+
+    tr = actions(settings.build_parser())
+    ev = actions(settings.cli_parser(settings.EvaluateSettings))
+    pr = actions(settings.cli_parser(settings.PredictSettings))
+    assert tr["device"].choices is ev["device"].choices is pr["device"].choices is DEVICES
+    assert tr["dataset"].choices is ev["dataset"].choices is DATASETS
+    assert tr["gelu"].choices is ev["gelu"].choices is GELU_FORMS and tr["augment"].choices is AUGMENTS
+    assert ev["dtype"].help == tr["dtype"].help and ev["checkpoint"].required and pr["checkpoint"].required
+    with pytest.raises(SystemExit):
+        settings.parse_settings(settings.EvaluateSettings, ["--checkpoint", "x.npz", "--dataset", "mnist",
+                                                            "--batch-size", "0"])
+
+
 def test_help_shows_the_dataclass_defaults(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
@@ -460,3 +482,71 @@ def test_ctrl_c_in_the_last_step_stops_before_the_test_pass(fmnist_dir, tmp_path
         assert int(st["step"]) == 4
     assert train.main(["--out", str(tmp_path / "r"), "--resume", "--no-progress"]) == 0  # just the test pass
     assert [r["split"] for r in metrics(tmp_path / "r")][-1] == "test"
+
+
+def _disk_full_on(monkeypatch, name: str):
+    """Writes of the file ``name`` fail as on a full disk: some bytes go out, then OSError(ENOSPC)."""
+    import errno
+
+    from scratchvit import checkpoint
+
+    real = checkpoint.write_atomic
+
+    def write_atomic(path, write, size=None):
+        def full(f):
+            f.write(b"x" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return real(path, full if path.name == name else write, size)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", write_atomic)
+
+
+@pytest.mark.parametrize("name", ["last.npz", "best.npz", "state.npz"])
+def test_a_full_disk_while_saving_is_one_line_and_leaves_a_resume_point(fmnist_dir, tmp_path, monkeypatch, capsys,
+                                                                          name):
+    """The disk fills at the second evaluation (step 8): one line names the file and the space it needs (exit 2,
+    no traceback); state.npz is written first, so a resume point is left (step 8, or step 4 when state.npz
+    itself failed) and --resume carries on from it to the end."""
+    out = tmp_path / "r"
+    args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "12")
+    real_save = train.validate_and_save
+    calls = []
+
+    def second_evaluation_fills_the_disk(run, val_x, val_y, step, *a, **k):
+        calls.append(step)
+        if len(calls) == 2:
+            _disk_full_on(monkeypatch, name)
+            run.best_val = -1.0  # this evaluation is the best so far: best.npz is written too
+        return real_save(run, val_x, val_y, step, *a, **k)
+
+    monkeypatch.setattr(train, "validate_and_save", second_evaluation_fills_the_disk)
+    code = run(fmnist_dir, out, *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and calls == [4, 8], (code, calls)
+    line = err[-1]
+    assert len(err) == 1, err  # one line, no traceback
+    assert line.startswith(f"error: cannot write {out / name}: no space left on the device (it needs about "), line
+    assert " free in " in line
+    assert not list(out.glob("*.tmp"))
+    with np.load(out / "state.npz") as st:
+        saved = int(st["step"])
+    assert saved == (4 if name == "state.npz" else 8)
+    assert line.endswith(f"{out / 'state.npz'} {'still ' if name == 'state.npz' else ''}holds step {saved} "
+                         "(--resume continues from it)"), line
+    monkeypatch.undo()
+    assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 0
+    assert metrics(out)[-1]["split"] == "test"
+
+
+def test_resume_without_a_resume_point_is_an_error(fmnist_dir, tmp_path, capsys):
+    """A run that stopped before it saved anything has config.json but no state.npz: --resume says so
+    (exit 2) instead of training again from step 0."""
+    out = tmp_path / "r"
+    assert run(fmnist_dir, out, "--steps", "4") == 0
+    (out / "state.npz").unlink()
+    capsys.readouterr()
+    assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {out} has no resume point ({out / 'state.npz'} not found" in err
+    assert "start it again without --resume" in err

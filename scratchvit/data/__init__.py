@@ -12,7 +12,8 @@ Public API::
         -> Dataset  # .name .class_names .num_classes .train_images .train_labels .test_images .test_labels
     split_train_val(images, labels, val_fraction=0.02, seed=0)   # arrays or ImageFiles
     Batches(images, labels, batch_size, image_size, train=True, augment="inception", seed=0,
-            start_step=0, prefetch=2, workers=2, crop_min_area=0.05, skip_bad_images=False, log=None)
+            start_step=0, prefetch=2, workers=2, crop_min_area=0.05, skip_bad_images=False, log=None,
+            pad=4, random_erasing=0.0, mixup=0.0, cutmix=0.0, num_classes=None)   # soft targets with mixing
     load_image(path, image_size)                # file -> uint8 (S, S, 3): the evaluation view, the whole image resized
     to_model_input(images_uint8, image_size)    # (B,H,W,3) uint8 -> (B,S,S,3) float32 in [-1, 1]
 """

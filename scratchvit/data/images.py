@@ -127,13 +127,14 @@ def load_image(path, image_size: int) -> np.ndarray:
 
 
 def train_image(path, image_size: int, augment: str, rng: np.random.Generator,
-                crop_min_area: float = 0.05) -> np.ndarray:
+                crop_min_area: float = 0.05, pad: int = 4) -> np.ndarray:
     """The training view of one image file, all randomness drawn from ``rng``.
 
     - ``"inception"``: a box from ``sample_inception_box`` (area ``crop_min_area``..1 of the
       upright image, aspect 3/4..4/3) resized to ``S x S``, then a flip with p = 0.5.
     - ``"flip"``: the whole image resized to ``S x S`` (aspect not kept), flip with p = 0.5.
     - ``"crop-flip"``: resized to ``S x S``, zero-padded by ``S // 8``, random crop, flip.
+    - ``"pad-crop-flip"``: the same, zero-padded by ``pad`` pixels.
     - ``"none"``: the whole image resized to ``S x S``.
 
     Args:
@@ -142,6 +143,7 @@ def train_image(path, image_size: int, augment: str, rng: np.random.Generator,
         augment: one of ``AUGMENTS``.
         rng: the source of randomness (the result is fixed by its state and the file).
         crop_min_area: smallest Inception crop area, fraction of the image area, in (0, 1].
+        pad: padding of "pad-crop-flip", pixels.
 
     Returns:
         uint8 ``(S, S, 3)``.
@@ -160,8 +162,8 @@ def train_image(path, image_size: int, augment: str, rng: np.random.Generator,
         out = _resize_box(im, size, (left, top, left + cw, top + ch), sx, sy)
     else:
         out = load_image(path, size)  # the whole image resized, as evaluation sees it
-        if augment == "crop-flip":
-            pad = size // 8
+        if augment in ("crop-flip", "pad-crop-flip"):
+            pad = size // 8 if augment == "crop-flip" else pad
             out = pad_crop_batch(out[None], pad, rng.integers(0, 2 * pad + 1, size=(1, 2)))[0]
     if augment != "none" and rng.random() < 0.5:
         out = out[:, ::-1]

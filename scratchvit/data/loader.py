@@ -10,6 +10,11 @@ Image files (:class:`ImageFiles`) are decoded per batch on the worker threads (P
 the GIL while decoding and resizing). Their augmentation draws come from one generator per
 image, ``np.random.default_rng([seed, e, s, i])`` for slot ``i`` of the batch, so the result
 depends neither on the number of workers nor on the order the workers finish in.
+
+The batch regularisers (random erasing, then mixup / CutMix, :mod:`.transforms`) act on the float
+batch after that, their draws from ``np.random.default_rng([seed, e, s, REGULARISE_STREAM])`` (a
+stream of their own: with them off, batches are what they were without them). With mixup or CutMix
+on, training batches carry (B, K) float32 soft targets instead of integer labels.
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ from ..checks import check_positive_int
 from .imagefolder import ImageFiles
 from .images import BadImage, load_image, train_image
 from .sources import default_log
-from .transforms import AUGMENTS, augment_batch, resize_batch, to_float
+from .transforms import AUGMENTS, augment_batch, mix_batch, random_erasing_batch, resize_batch, to_float
 
 _END = object()  # end of an evaluation pass
+REGULARISE_STREAM = 2 ** 32 + 1  # the 4th seed word of the regularisers' generator: never an image slot (< 2^32)
 
 
 class _Failure:
@@ -55,7 +61,8 @@ class Batches:
     """Batches of model inputs, prepared ahead by a background thread.
 
     Iterating yields ``(step, x, y)`` with ``x`` float32 ``(B, image_size, image_size, 3)`` in
-    [-1, 1] and ``y`` int64 ``(B,)``.
+    [-1, 1] and ``y`` int64 ``(B,)``, or, for training with mixup / CutMix, float32 ``(B, num_classes)``
+    soft targets.
 
     - ``train=True``: an endless stream of steps ``start_step, start_step + 1, ...`` in the
       deterministic shuffled order described in the module docstring, full batches only
@@ -87,7 +94,7 @@ class Batches:
         image_size: side of the model's square input, pixels.
         train: endless augmented stream (True) or one ordered evaluation pass (False).
         augment: training augmentation, one of ``AUGMENTS``: "inception", "flip",
-            "crop-flip", "none" (see ``transforms.augment_batch``).
+            "crop-flip", "pad-crop-flip", "none" (see ``transforms.augment_batch``).
         seed: fixes the order and augmentation of training batches.
         start_step: first training step (to resume a run); must be 0 for evaluation.
         prefetch: batches prepared ahead (queue size, >= 1).
@@ -95,6 +102,13 @@ class Batches:
         crop_min_area: smallest Inception crop area, fraction of the image, in (0, 1].
         skip_bad_images: image files only: leave unreadable files out instead of raising.
         log: callable taking one line (skipped files); default prints to stderr.
+        pad: padding of "pad-crop-flip", pixels (>= 0).
+        random_erasing: training only: probability in [0, 1] that an image gets a random-erasing
+            rectangle (``transforms.random_erasing_batch``).
+        mixup, cutmix: training only: Beta alphas (>= 0; 0 off) of mixup and CutMix
+            (``transforms.mix_batch``; both on: one of them per batch, p = 0.5); either on makes the
+            targets soft.
+        num_classes: K of the soft targets; needed when mixup or cutmix is on.
 
     Raises:
         ValueError: for any argument outside the limits above.
@@ -107,7 +121,9 @@ class Batches:
 
     def __init__(self, images, labels, batch_size: int, image_size: int, train: bool = True,
                  augment: str = "inception", seed: int = 0, start_step: int = 0, prefetch: int = 2,
-                 workers: int = 2, crop_min_area: float = 0.05, skip_bad_images: bool = False, log=None):
+                 workers: int = 2, crop_min_area: float = 0.05, skip_bad_images: bool = False, log=None,
+                 pad: int = 4, random_erasing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0,
+                 num_classes: int | None = None):
         self.files = isinstance(images, ImageFiles)
         if not self.files and (not isinstance(images, np.ndarray) or images.dtype != np.uint8
                                or images.ndim != 4 or images.shape[3] != 3):
@@ -122,6 +138,14 @@ class Batches:
             check_positive_int(arg, value, low)
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        check_positive_int("pad", pad, 0)
+        if not 0.0 <= random_erasing <= 1.0:
+            raise ValueError(f"random_erasing must be in [0, 1], got {random_erasing}")
+        if not (mixup >= 0 and cutmix >= 0):
+            raise ValueError(f"mixup and cutmix alphas must be >= 0, got {mixup} and {cutmix}")
+        if (mixup or cutmix) and (num_classes is None or num_classes < 1 or (len(labels) and
+                                                                             labels.max() >= num_classes)):
+            raise ValueError(f"mixup / cutmix need num_classes above every label, got {num_classes}")
         if not 0.0 < crop_min_area <= 1.0:
             raise ValueError(f"crop_min_area must be in (0, 1], got {crop_min_area}")
         if len(images) == 0:
@@ -138,6 +162,9 @@ class Batches:
         n = len(images)
         self.steps_per_epoch = n // self.batch_size if self.train else -(-n // self.batch_size)
         self.skip_bad_images, self.skipped = bool(skip_bad_images), 0
+        self.pad, self.random_erasing, self.mixup, self.cutmix = int(pad), float(random_erasing), float(mixup), \
+            float(cutmix)
+        self.num_classes = num_classes
         self.log = default_log if log is None else log
         self._epoch_cache = (None, None)  # (epoch, permutation)
         self._pool = None
@@ -163,19 +190,32 @@ class Batches:
             map_fn: ``map``-like callable for per-image work; does not change the result.
 
         Returns:
-            ``(x, y)``: float32 ``(B, image_size, image_size, 3)`` in [-1, 1], int64 ``(B,)``.
+            ``(x, y)``: float32 ``(B, image_size, image_size, 3)`` in [-1, 1], int64 ``(B,)`` (training
+            with mixup / CutMix: float32 ``(B, num_classes)`` soft targets).
         """
         idx = self.indices(step)
         if self.files:
-            return self._file_batch(step, idx, map_fn)
+            return self._regularise(step, *self._file_batch(step, idx, map_fn))
         images = self.images[idx] if self.train else self.images[idx[0]:idx[-1] + 1]
         if self.train and self.augment != "none":
             epoch = step // self.steps_per_epoch
             rng = np.random.default_rng([self.seed, epoch, step])
-            images = augment_batch(images, self.image_size, self.augment, rng, self.crop_min_area, map_fn)
+            images = augment_batch(images, self.image_size, self.augment, rng, self.crop_min_area, map_fn,
+                                   pad=self.pad)
         else:  # fast path when the size matches: no copy, one vectorised conversion
             images = resize_batch(images, self.image_size, map_fn)
-        return to_float(images), self.labels[idx]
+        return self._regularise(step, to_float(images), self.labels[idx])
+
+    def _regularise(self, step: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Training batches: random erasing, then mixup / CutMix (soft targets), drawn from the step's
+        regulariser stream (module docstring). Evaluation batches, or all off: ``(x, y)`` unchanged."""
+        if not self.train or not (self.random_erasing or self.mixup or self.cutmix):
+            return x, y
+        rng = np.random.default_rng([self.seed, step // self.steps_per_epoch, step, REGULARISE_STREAM])
+        x = random_erasing_batch(x, self.random_erasing, rng)
+        if self.mixup or self.cutmix:
+            x, y = mix_batch(x, y, self.num_classes, self.mixup, self.cutmix, rng)
+        return x, y
 
     def _file_batch(self, step: int, idx: np.ndarray, map_fn) -> tuple[np.ndarray, np.ndarray]:
         """Decode the files of ``step``'s batch (``make_batch`` for ImageFiles); bad files skipped or raised."""
@@ -187,7 +227,7 @@ class Batches:
                 if not self.train:
                     return load_image(paths[slot], size)
                 rng = np.random.default_rng([self.seed, epoch, step, slot])
-                return train_image(paths[slot], size, self.augment, rng, self.crop_min_area)
+                return train_image(paths[slot], size, self.augment, rng, self.crop_min_area, self.pad)
             except BadImage as e:
                 if not self.skip_bad_images:
                     raise

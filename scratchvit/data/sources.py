@@ -17,6 +17,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from platformdirs import user_cache_dir
 from tqdm import tqdm
 
 from ..files import write_atomic
@@ -39,13 +40,15 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository root, for a
 def cache_dir() -> Path:
     """The download cache: ``$SCRATCHVIT_DATA`` if set; else ``data/`` at the repository root for a
     source checkout (``pip install -e .``); else, for an installed package (whose parent folder is
-    site-packages), ``$XDG_CACHE_HOME/scratchvit`` (``~/.cache/scratchvit``)."""
+    site-packages), the platform's user cache folder from ``platformdirs.user_cache_dir("scratchvit")``
+    (``$XDG_CACHE_HOME/scratchvit`` or ``~/.cache/scratchvit`` on Linux, ``~/Library/Caches/scratchvit``
+    on macOS, ``%LOCALAPPDATA%\\scratchvit\\Cache`` on Windows)."""
     env = os.environ.get("SCRATCHVIT_DATA")
     if env:
         return Path(env).expanduser()
     if (_SOURCE_ROOT / "setup.cfg").is_file():
         return _SOURCE_ROOT / "data"
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "scratchvit"
+    return Path(user_cache_dir("scratchvit", appauthor=False))
 
 
 def download_url(url: str, dest, md5: str | None = None, timeout: float = 60.0) -> Path:

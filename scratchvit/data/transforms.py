@@ -1,4 +1,5 @@
-"""Image transforms on uint8 HWC NumPy arrays: resize, Inception crop, flips, scaling to [-1, 1].
+"""Image transforms on uint8 HWC NumPy arrays: resize, Inception crop, flips, pad-crop, scaling to [-1, 1];
+and the batch regularisers on the float batch: random erasing, mixup and CutMix (soft targets).
 
 Everything here works on ``uint8`` images of shape ``(H, W, 3)`` (one image) or
 ``(B, H, W, 3)`` (a batch); sizes are in pixels. Resizing is Pillow's bilinear filter and is
@@ -8,6 +9,10 @@ Only :func:`to_float` and :func:`to_model_input` produce floats: ``float32`` in 
 
 Randomness always comes from a ``numpy.random.Generator`` passed in by the caller, so a
 result is fixed by the generator's state.
+
+Random erasing (:func:`random_erasing_batch`, Zhong et al., AAAI 2020), mixup (Zhang et al., ICLR 2018)
+and CutMix (Yun et al., ICCV 2019) (:func:`mix_batch`) work on the float32 batch in [-1, 1], after the
+crop and flip, in that order (as timm: erasing per image in the transform, mixing per batch after).
 """
 from __future__ import annotations
 
@@ -18,7 +23,10 @@ from PIL import Image
 
 from ..checks import check_positive_int
 
-AUGMENTS = ("inception", "flip", "crop-flip", "none")
+AUGMENTS = ("inception", "flip", "crop-flip", "pad-crop-flip", "none")
+ERASE_AREA = (0.02, 1 / 3)  # random erasing: area of the rectangle, fraction of the image (Zhong et al. s_l, s_h)
+ERASE_ASPECT = (0.3, 1 / 0.3)  # its aspect ratio h / w (Zhong et al. r_1, 1 / r_1)
+ERASE_ATTEMPTS = 10  # draws of (area, aspect) before an image is left as it is (timm / torchvision: 10)
 
 
 def _describe(a) -> str:
@@ -262,7 +270,7 @@ def pad_crop_batch(images: np.ndarray, pad: int, offsets: np.ndarray) -> np.ndar
 
 
 def augment_batch(images: np.ndarray, image_size: int, augment: str, rng: np.random.Generator,
-                  crop_min_area: float = 0.05, map_fn=map) -> np.ndarray:
+                  crop_min_area: float = 0.05, map_fn=map, pad: int = 4) -> np.ndarray:
     """The training transform of one batch, all randomness drawn from ``rng``.
 
     ``augment`` is one of :data:`AUGMENTS`:
@@ -272,6 +280,8 @@ def augment_batch(images: np.ndarray, image_size: int, augment: str, rng: np.ran
     - ``"flip"``: resize to ``image_size``, then a flip with p = 0.5.
     - ``"crop-flip"``: resize, zero-pad by ``image_size // 8`` px, random crop back to
       ``image_size``, flip with p = 0.5 (the usual small-image augmentation).
+    - ``"pad-crop-flip"``: the same with ``pad`` px of padding (default 4, the CIFAR recipe of
+      He et al. 2016 and DeiT-style small-image training).
     - ``"none"``: resize only.
 
     The random draws happen in a fixed order in the calling thread (crop boxes of images
@@ -285,13 +295,14 @@ def augment_batch(images: np.ndarray, image_size: int, augment: str, rng: np.ran
         rng: the source of randomness.
         crop_min_area: smallest Inception crop area, a fraction of the image area in (0, 1].
         map_fn: ``map``-like callable for per-image resizes (a thread pool's ``map``).
+        pad: padding of "pad-crop-flip", pixels (>= 0).
 
     Returns:
         uint8 array ``(B, image_size, image_size, 3)`` (may be ``images`` itself for "none"
         at the same size).
 
     Raises:
-        ValueError: unknown ``augment``, bad ``images``, ``image_size`` or ``crop_min_area``.
+        ValueError: unknown ``augment``, bad ``images``, ``image_size``, ``crop_min_area`` or ``pad``.
     """
     _check_batch(images)
     check_positive_int("image_size", image_size, unit="pixels")
@@ -312,8 +323,8 @@ def augment_batch(images: np.ndarray, image_size: int, augment: str, rng: np.ran
             out[i] = crop
     else:
         out = resize_batch(images, image_size, map_fn)
-        if augment == "crop-flip":
-            pad = image_size // 8
+        if augment in ("crop-flip", "pad-crop-flip"):
+            pad = image_size // 8 if augment == "crop-flip" else pad
             out = pad_crop_batch(out, pad, rng.integers(0, 2 * pad + 1, size=(b, 2)))
     flips = rng.random(b) < 0.5
     if flips.any():
@@ -321,3 +332,122 @@ def augment_batch(images: np.ndarray, image_size: int, augment: str, rng: np.ran
             out = out.copy()
         out[flips] = out[flips, :, ::-1]
     return out
+
+
+def erase_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int] | None:
+    """A random-erasing rectangle (Zhong et al., AAAI 2020, Alg. 1): area S_e ~ U(0.02, 1/3) of the image,
+    aspect r_e = h / w ~ U(0.3, 1/0.3), h = round(sqrt(S_e r_e)), w = round(sqrt(S_e / r_e)), a uniform
+    position where it fits; up to :data:`ERASE_ATTEMPTS` draws (the paper repeats until one fits).
+
+    Returns:
+        ``(top, left, h, w)`` in pixels, or None when no draw fitted.
+    """
+    for _ in range(ERASE_ATTEMPTS):
+        area = rng.uniform(*ERASE_AREA) * height * width
+        aspect = rng.uniform(*ERASE_ASPECT)
+        h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < h < height and 0 < w < width:
+            return int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1)), h, w
+    return None
+
+
+def random_erasing_batch(x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Random erasing (Zhong et al., AAAI 2020): each image, with probability ``p``, gets one rectangle
+    (:func:`erase_box`) filled with random values, uniform in [-1, 1] per pixel and channel (the paper's
+    random values in [0, 255], in the model's input scale). In place; draws in a fixed order (per image:
+    the coin, then the box, then the values).
+
+    Args:
+        x: float32 ``(B, H, W, 3)`` in [-1, 1] (written in place).
+        p: probability in [0, 1]; 0 leaves ``x`` alone and draws nothing.
+        rng: the source of randomness.
+
+    Returns:
+        ``x``.
+
+    Raises:
+        ValueError: ``p`` outside [0, 1] or ``x`` not a float (B, H, W, 3) array.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"random erasing: p must be in [0, 1], got {p}")
+    if not isinstance(x, np.ndarray) or x.ndim != 4 or x.dtype.kind != "f":
+        raise ValueError(f"random erasing needs a float (B, H, W, 3) batch, got {_describe(x)}")
+    if p == 0.0:
+        return x
+    _, height, width, c = x.shape
+    for i in range(len(x)):
+        if rng.random() >= p:
+            continue
+        box = erase_box(height, width, rng)
+        if box is not None:
+            top, left, h, w = box
+            x[i, top:top + h, left:left + w] = rng.uniform(-1.0, 1.0, size=(h, w, c))
+    return x
+
+
+def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """CutMix's box (Yun et al., ICCV 2019, Sec. 3.1): side ratio sqrt(1 - lam), centre uniform over the
+    image, clipped to it. Returns ``(top, bottom, left, right)`` in pixels (possibly empty)."""
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(height * cut), int(width * cut)
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    return (max(cy - ch // 2, 0), min(cy + ch // 2, height), max(cx - cw // 2, 0), min(cx + cw // 2, width))
+
+
+def one_hot(labels: np.ndarray, num_classes: int, dtype=np.float32) -> np.ndarray:
+    """(B,) integer labels as (B, num_classes) one-hot rows."""
+    out = np.zeros((len(labels), num_classes), dtype)
+    out[np.arange(len(labels)), labels] = 1.0
+    return out
+
+
+def mix_batch(x: np.ndarray, labels: np.ndarray, num_classes: int, mixup: float, cutmix: float,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup (Zhang et al., ICLR 2018) or CutMix (Yun et al., ICCV 2019) of a batch with a random permutation
+    of itself, and the matching soft targets (timm ``Mixup``, batch mode).
+
+    lam ~ Beta(alpha, alpha) once per batch, and a random permutation ``perm`` of the batch:
+
+    - mixup: ``x <- lam x + (1 - lam) x[perm]``;
+    - CutMix: the box of :func:`cutmix_box` of each image is taken from ``x[perm]``, and lam is
+      corrected to the area actually kept, 1 - box area / image area;
+    - targets: ``lam onehot(y) + (1 - lam) onehot(y[perm])`` (rows sum to 1; label smoothing is
+      applied on top by the loss, which equals mixing smoothed one-hots).
+
+    When both alphas are > 0, each batch takes one of the two with probability 0.5 (timm's
+    ``switch_prob``). Draws in a fixed order: the switch coin (both on), lam, the permutation, the box.
+
+    Args:
+        x: float32 ``(B, H, W, 3)`` (mixed in place where possible; use the return value).
+        labels: (B,) integers in [0, num_classes).
+        num_classes: K, the width of the targets.
+        mixup, cutmix: the alphas (>= 0; 0 turns one off; both 0: no mixing, one-hot targets).
+        rng: the source of randomness.
+
+    Returns:
+        ``(x, targets)``: the mixed batch and float32 ``(B, K)`` soft targets.
+
+    Raises:
+        ValueError: a negative alpha, labels that do not fit ``x`` or ``num_classes``.
+    """
+    if mixup < 0 or cutmix < 0:
+        raise ValueError(f"mixup / cutmix alphas must be >= 0, got {mixup} and {cutmix}")
+    labels = np.asarray(labels)
+    if labels.shape != (len(x),) or labels.dtype.kind not in "iu" or (
+            labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise ValueError(f"mix_batch: labels must be ({len(x)},) integers in [0, {num_classes})")
+    targets = one_hot(labels, num_classes)
+    if mixup == 0 and cutmix == 0:
+        return x, targets
+    use_cutmix = cutmix > 0 and (mixup == 0 or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(rng.beta(alpha, alpha))
+    perm = rng.permutation(len(x))
+    if use_cutmix:
+        _, height, width, _ = x.shape
+        top, bottom, left, right = cutmix_box(height, width, lam, rng)
+        x[:, top:bottom, left:right] = x[perm, top:bottom, left:right]
+        lam = 1.0 - (bottom - top) * (right - left) / (height * width)
+    else:
+        x = np.float32(lam) * x + np.float32(1.0 - lam) * x[perm]
+    return x, (np.float32(lam) * targets + np.float32(1.0 - lam) * targets[perm]).astype(np.float32)

@@ -1,22 +1,57 @@
 """The hand-written operations of the ViT, one file each, every one a ``*_forward`` / ``*_backward`` pair.
 
 A forward returns its output and a cache; the matching backward takes the upstream gradient and
-that cache and returns the gradients. All work on NumPy or CuPy arrays alike.
+that cache and returns the gradients. Every op has two forms in its file: the plain form
+(``*_forward_plain`` / ``*_backward_plain``), written on the Python array API standard 2023.12,
+which runs on CuPy, any array-API namespace and float16; and a NumPy fast form, which the public
+functions take for float32/float64 NumPy arrays (dropout and drop path have the plain form only: see
+their files). A forward's cache is for the backward of the same form.
 """
-from .attention import attention_backward, attention_forward, attention_weights, softmax_backward, softmax_forward
-from .cross_entropy import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .dense import dense_backward, dense_forward
-from .gelu import gelu_backward, gelu_forward
-from .layer_norm import layer_norm_backward, layer_norm_forward
-from .patch_embedding import patch_embedding_backward, patch_embedding_forward
-from .pooling import pool_backward, pool_forward
-from .tanh import tanh_backward, tanh_forward
+from .attention import (
+    attention_backward,
+    attention_backward_plain,
+    attention_forward,
+    attention_forward_plain,
+    attention_weights,
+    softmax_backward,
+    softmax_backward_plain,
+    softmax_forward,
+    softmax_forward_plain,
+)
+from .cross_entropy import (
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_backward_plain,
+    softmax_cross_entropy_forward,
+    softmax_cross_entropy_forward_plain,
+)
+from .dense import dense_backward, dense_backward_plain, dense_forward, dense_forward_plain
+from .drop_path import drop_path_backward, drop_path_backward_plain, drop_path_forward, drop_path_forward_plain
+from .dropout import RngKey, dropout_backward, dropout_backward_plain, dropout_forward, dropout_forward_plain, keep_mask
+from .gelu import gelu_backward, gelu_backward_plain, gelu_forward, gelu_forward_plain
+from .layer_norm import layer_norm_backward, layer_norm_backward_plain, layer_norm_forward, layer_norm_forward_plain
+from .patch_embedding import (
+    patch_embedding_backward,
+    patch_embedding_backward_plain,
+    patch_embedding_forward,
+    patch_embedding_forward_plain,
+)
+from .pooling import pool_backward, pool_backward_plain, pool_forward, pool_forward_plain
+from .tanh import tanh_backward, tanh_backward_plain, tanh_forward, tanh_forward_plain
 
 __all__ = [
     "attention_backward", "attention_forward", "attention_weights", "softmax_backward", "softmax_forward",
     "softmax_cross_entropy_backward", "softmax_cross_entropy_forward",
     "dense_backward", "dense_forward", "gelu_backward", "gelu_forward",
+    "drop_path_backward", "drop_path_forward", "dropout_backward", "dropout_forward", "keep_mask", "RngKey",
     "layer_norm_backward", "layer_norm_forward",
     "patch_embedding_backward", "patch_embedding_forward",
     "pool_backward", "pool_forward", "tanh_backward", "tanh_forward",
+    # the plain (array API) forms
+    "attention_backward_plain", "attention_forward_plain", "softmax_backward_plain", "softmax_forward_plain",
+    "softmax_cross_entropy_backward_plain", "softmax_cross_entropy_forward_plain",
+    "dense_backward_plain", "dense_forward_plain", "gelu_backward_plain", "gelu_forward_plain",
+    "drop_path_backward_plain", "drop_path_forward_plain", "dropout_backward_plain", "dropout_forward_plain",
+    "layer_norm_backward_plain", "layer_norm_forward_plain",
+    "patch_embedding_backward_plain", "patch_embedding_forward_plain",
+    "pool_backward_plain", "pool_forward_plain", "tanh_backward_plain", "tanh_forward_plain",
 ]
