@@ -16,6 +16,7 @@ import argparse
 import configparser
 import datetime
 import functools
+import importlib
 import json
 import platform
 import re
@@ -28,8 +29,39 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-# import name -> distribution name, for the project's runtime dependencies (setup.cfg install_requires)
-IMPORT_NAMES = {"numpy": "numpy", "pillow": "PIL", "tqdm": "tqdm", "array-api-compat": "array_api_compat"}
+# distribution -> import name where they differ (else the name with - as _)
+IMPORT_NAMES = {"pillow": "PIL"}
+# What the GPU machines' image already holds of what the check needs (device notes, KINDS.md, 2026-11-17);
+# anything else of setup.cfg's install_requires must come as a wheel (array-api-compat, platformdirs).
+ON_GPU_IMAGE = ("numpy", "pillow", "tqdm", "threadpoolctl", "pytest", "scipy", "torch", "setuptools", "wheel")
+CHECK_NEEDS = ("pytest", "torch")  # beside the project's own dependencies: the tests and the speed step
+
+
+def requirements() -> list[str]:
+    """The distributions the check imports: setup.cfg's install_requires, then CHECK_NEEDS."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    names = [re.split(r"[<>=!~ ;\[]", r.strip())[0] for r in cfg.get("options", "install_requires").split("\n")]
+    return [n for n in names if n] + list(CHECK_NEEDS)
+
+
+def import_name(dist: str) -> str:
+    return IMPORT_NAMES.get(dist.lower(), dist.lower().replace("-", "_"))
+
+
+def cmd_imports(a) -> int:
+    """Step 0: every requirement and scratchvit itself import (versions printed); exit 1 naming the missing."""
+    missing = []
+    for dist in requirements() + ["scratchvit"]:
+        try:
+            mod = importlib.import_module(import_name(dist))
+            print(f"{dist}: {getattr(mod, '__version__', '?')}")
+        except ImportError as e:
+            print(f"{dist}: MISSING ({e})")
+            missing.append(dist)
+    if missing:
+        print(f"error: not importable: {', '.join(missing)}", file=sys.stderr)
+    return 1 if missing else 0
 # pip install --no-build-isolation -e . builds with the installed setuptools: PEP 660 needs setuptools >= 64,
 # and bdist_wheel comes with setuptools >= 70.1, else from the wheel package.
 EDITABLE_BACKEND = """
@@ -143,9 +175,20 @@ def cmd_junit(a) -> int:
     root = ET.parse(a.xml).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    skipped = [f"{c.get('classname')}.{c.get('name')}: {s.get('message', '')}"[:300]
-               for c in root.iter("testcase") for s in c.findall("skipped")]
+    skipped, irrelevant = [], []
+    for c in root.iter("testcase"):
+        for s in c.findall("skipped"):
+            what = f"{c.get('classname')}.{c.get('name')}: {s.get('message', '')} {(s.text or '').strip()}"[:300]
+            # a module skipped whole at collection (a missing test extra, e.g. array-api-strict) matters only
+            # if it holds gpu tests: pytest reports it even when -m gpu would have deselected all its tests
+            whole = s.get("message") == "collection skipped"
+            m = re.match(r"\('([^']+\.py)'", (s.text or "").strip()) if whole else None
+            if m and Path(m.group(1)).is_file() and "mark.gpu" not in Path(m.group(1)).read_text():
+                irrelevant.append(what)
+            else:
+                skipped.append(what)
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    counts["skipped_modules_without_gpu_tests"] = irrelevant
     allowed = [x for x in skipped if any(re.search(p, x) for p in a.allow_skip)]
     counts["skipped_tests"] = skipped
     counts["skipped_allowed"] = allowed
@@ -155,6 +198,8 @@ def cmd_junit(a) -> int:
           f"{counts['skipped']} skipped ({len(allowed)} of them allowed)")
     for x in skipped:
         print(f"  skipped{' (allowed)' if x in allowed else ''}: {x}")
+    for x in irrelevant:
+        print(f"  skipped at collection, no gpu tests in it (ignored): {x}")
     if counts["tests"] == 0 or counts["failures"] or counts["errors"] or len(skipped) > len(allowed):
         print("error: every gpu-marked test must run and pass on the GPU machine (skips allowed only for: "
               f"{', '.join(a.allow_skip) or 'none'})", file=sys.stderr)
@@ -350,7 +395,10 @@ def cmd_preflight(a) -> int:
               "bench/probes.py"):
         c.check((REPO / f).is_file(), f"file {f}")
     rc, out = run([a.python, "-c", "import torch; print(torch.__version__, hasattr(torch, 'compile'))"])
-    c.check(rc == 0 and out.split()[-1:] == ["True"], f"torch with torch.compile ({out.strip()[:80]})")
+    if rc:  # CI need not have PyTorch: the GPU machines' image has it
+        c.note("torch not importable here: the GPU machines' image has it (step 5 needs torch.compile)")
+    else:
+        c.check(out.split()[-1:] == ["True"], f"torch with torch.compile ({out.strip()[:80]})")
     rc, out = run([a.python, "-c", "import cupy; print(cupy.__version__)"])
     if rc:
         c.note("cupy not importable here: it is on the GPU machine (cupy-cuda13x); step 1 checks it there")
@@ -360,29 +408,27 @@ def cmd_preflight(a) -> int:
         c.ok("nvidia-smi found")
     else:
         c.note("nvidia-smi not found here: step 1 needs it on the GPU machine")
+    print("what the check imports (setup.cfg's install_requires, pytest, torch):")
     if a.wheels:
         print(f"wheels folder {a.wheels}:")
-        if c.check(Path(a.wheels).is_dir(), f"--wheels {a.wheels} is a folder"):
-            for w in wheels:
-                print(f"    {Path(w).name}")
-            if not wheels:
-                c.bad(f"no .whl files in {a.wheels}")
-            cfg = configparser.ConfigParser()
-            cfg.read(REPO / "setup.cfg")
-            for req in cfg.get("options", "install_requires").split("\n"):
-                dist = re.split(r"[<>=!~ ;\[]", req.strip())[0]
-                if not dist:
-                    continue
-                norm = dist.lower().replace("-", "_")
-                wheel = [w for w in wheels if Path(w).name.lower().startswith(norm + "-")]
-                if wheel:
-                    c.ok(f"{dist}: wheel {Path(wheel[0]).name}")
-                else:
-                    c.note(f"{dist}: no wheel in --wheels; it must be installed on the GPU machine already "
-                           f"(numpy, pillow, tqdm are; array-api-compat is not)")
-    else:
-        c.note("no --wheels: the project's dependencies must already be installed where the check runs "
-               "(array-api-compat is not on the GPU machines)")
+        c.check(Path(a.wheels).is_dir() and bool(wheels), f"--wheels {a.wheels} holds .whl files")
+        for w in wheels:
+            print(f"    {Path(w).name}")
+    for dist in requirements():
+        norm = dist.lower().replace("-", "_")
+        wheel = [w for w in wheels if Path(w).name.lower().startswith(norm + "-")]
+        rc, out = run([a.python, "-c", f"import {import_name(dist)}"])
+        here = "importable here" if rc == 0 else "not importable here"
+        if wheel:
+            c.ok(f"{dist}: wheel {Path(wheel[0]).name} ({here})")
+        elif dist.lower() in ON_GPU_IMAGE:
+            c.ok(f"{dist}: on the GPU machines' image ({here})")
+        elif a.wheels:
+            c.bad(f"{dist}: not on the GPU machines' image and no wheel in --wheels")
+        else:
+            c.note(f"{dist}: not on the GPU machines' image: bring its wheel with --wheels ({here})")
+        if rc and not wheel and dist.lower() not in ON_GPU_IMAGE:
+            c.bad(f"{dist}: not importable here and no wheel for it")
     if a.data:
         print(f"data folder {a.data}:")
         d = Path(a.data)
@@ -404,6 +450,7 @@ def cmd_preflight(a) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("imports", help="step 0: setup.cfg's install_requires, pytest, torch and scratchvit import")
     e = sub.add_parser("env", help="step 1: the environment report")
     e.add_argument("--json", required=True)
     e.add_argument("--require-gpu", action="store_true", help="exit 1 unless nvidia-smi, CuPy and PyTorch see a GPU")
@@ -431,7 +478,7 @@ def main(argv=None) -> int:
     f.add_argument("--wheels", default=None)
     f.add_argument("--data", default=None)
     a = p.parse_args(argv)
-    return {"env": cmd_env, "junit": cmd_junit, "train": cmd_train, "precision": cmd_precision,
+    return {"imports": cmd_imports, "env": cmd_env, "junit": cmd_junit, "train": cmd_train, "precision": cmd_precision,
             "report": cmd_report, "preflight": cmd_preflight}[a.cmd](a)
 
 

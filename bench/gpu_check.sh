@@ -118,7 +118,7 @@ step0_install() {  # the brought wheels and the project itself, no network; then
         fi
         run_step 0-install/project 120 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e .
     fi
-    run_step 0-install/imports 60 "$PY" -c "import numpy, PIL, tqdm, array_api_compat, scratchvit, pytest, torch"
+    run_step 0-install/imports 60 "$PY" bench/gpu_check.py imports
 }
 
 step1_environment() {  # nvidia-smi, python, cupy, torch versions, GPU name

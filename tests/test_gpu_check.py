@@ -73,13 +73,20 @@ def test_dry_run_fails_naming_a_missing_flag_and_a_missing_data_file(tmp_path):
         p.parse_args()
         """))
     data = fake_data(tmp_path / "data", IDX[:3])
-    r = run_check("--dry-run", "--data", str(data), "--work", str(tmp_path / "work"),
+    wheels = tmp_path / "wheels"  # names only: the dry run installs nothing
+    wheels.mkdir()
+    (wheels / "tqdm-4.70.1-py3-none-any.whl").write_bytes(b"")
+    (wheels / "platformdirs-4.14.9-py3-none-any.whl").write_bytes(b"")
+    r = run_check("--dry-run", "--data", str(data), "--wheels", str(wheels), "--work", str(tmp_path / "work"),
                   env={"GPU_CHECK_TRAIN_MODULE": "fake_train", "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"})
     out = r.stdout + r.stderr
     assert r.returncode != 0
+    problems = out.split("problem(s):")[1]
     assert "MISSING  python -m fake_train: flag --warmup-steps in --help" in out
-    assert "t10k-labels-idx1-ubyte.gz" in out.split("problem(s):")[1]
-    assert "--precision in --help" not in out.split("problem(s):")[1]  # the fake has it
+    assert "t10k-labels-idx1-ubyte.gz" in problems
+    assert "array-api-compat: not on the GPU machines' image and no wheel in --wheels" in problems
+    assert "platformdirs" not in problems and "tqdm" not in problems
+    assert "--precision in --help" not in problems  # the fake has it
 
 
 def test_a_python_that_is_not_there_is_named(tmp_path):
