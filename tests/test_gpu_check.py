@@ -210,3 +210,16 @@ def test_parity_strict_device_against_cpu(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path / "p.json").read_text())
     assert res["ok"] and len(res["cases"]) == 2 and all(c["ok"] for c in res["cases"])
+
+
+def test_a_module_skipped_at_collection_counts_only_if_it_holds_gpu_tests(tmp_path):
+    """array-api-strict is not on the GPU image: modules that need it skip whole, even under -m gpu."""
+    xml = tmp_path / "t.xml"
+    for body, rc in (("def test_x(): pass\n", 0), ("import pytest\npytestmark = pytest.mark.gpu\n", 1)):
+        mod = tmp_path / "test_mod.py"
+        mod.write_text(body)
+        xml.write_text(f'<testsuites><testsuite tests="2" failures="0" errors="0" skipped="1">'
+                       f'<testcase classname="" name="test_mod"><skipped message="collection skipped">'
+                       f"('{mod}', 2, 'Skipped: array-api-strict is in the [test] extra')</skipped></testcase>"
+                       f'<testcase classname="t" name="g"/></testsuite></testsuites>')
+        assert gpu_check.main(["junit", "--xml", str(xml), "--json", str(tmp_path / "t.json")]) == rc
