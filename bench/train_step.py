@@ -27,6 +27,8 @@ measurement twice, each in a fresh subprocess:
 process instead: scratchvit, PyTorch eager and torch.compile, each in fp32 and in fp16 (``--precisions``;
 scratchvit's mixed precision, PyTorch's float16 autocast with a GradScaler), the device synchronised
 before each clock read; ratios are PyTorch's median step time over scratchvit's of the same precision.
+scratchvit and PyTorch eager are warmed up and timed first (and written to --json), then torch.compile's
+runners, whose warm-ups compile, in rounds of their own with scratchvit's runners again.
 """
 from __future__ import annotations
 
@@ -210,44 +212,60 @@ def measure_gpu(args) -> dict:
     def out_of_time(signum, frame):
         raise TimeoutError(f"not warmed up within --time-limit {args.time_limit:g} s")
 
-    for r in list(runners):
-        t = time.perf_counter()
-        left = None if args.time_limit is None else args.time_limit - (t - t_start)
-        try:
-            if left is not None:
-                if left < 1:
-                    raise TimeoutError(f"skipped: --time-limit {args.time_limit:g} s spent before its warm-up")
-                signal.signal(signal.SIGALRM, out_of_time)
-                signal.alarm(max(int(left), 1))
-            for _ in range(max(args.warmup, 1)):  # torch.compile compiles in the first call
-                r.step()
-            probes.sync(args.device)
-        except Exception as e:  # noqa: BLE001
-            failed(r.label, e)
-            runners.remove(r)
-            continue
-        finally:
-            signal.alarm(0)
-        res["setup_seconds"][r.label] += time.perf_counter() - t
-        print(f"{r.label}: built and warmed up in {res['setup_seconds'][r.label]:.1f} s", flush=True)
-    by = {r.label: r for r in runners}
-    times = h.run_rounds(runners, args.rounds, args.steps, warmup=0, pause=args.pause)
-    res["frameworks"] = {}
-    for r, t in zip(runners, times, strict=True):
-        s = h.summarize([x for rnd in t for x in rnd])
-        res["frameworks"][r.label] = {"step": s, "images_per_s": args.batch_size / (s["median_ms"] / 1e3),
-                                      "round_medians_ms": [statistics.median(rnd) * 1e3 for rnd in t]}
-    res["ratios"] = {}  # PyTorch's step time over scratchvit's (same precision): > 1 means scratchvit is faster
-    for prec in precisions:
-        base = f"scratchvit-{prec}"
-        for r, t in zip(runners, times, strict=True):
-            if base in by and r.label != base and r.label.endswith(prec) and not r.label.startswith("scratchvit"):
-                ratios = h.round_ratios(times[runners.index(by[base])], t)
-                res["ratios"][f"{r.label}/{base}"] = {"median": statistics.median(ratios), "min": min(ratios),
-                                                      "max": max(ratios)}
-    if "scratchvit-fp32" in by:  # every runner's speed over scratchvit fp32's (images/s ratio)
-        base = res["frameworks"]["scratchvit-fp32"]["step"]["median_ms"]
-        res["speed_over_scratchvit_fp32"] = {k: base / v["step"]["median_ms"] for k, v in res["frameworks"].items()}
+    def warm(group):  # untimed steps (torch.compile compiles here); a runner that fails leaves the measurement
+        for r in list(group):
+            t = time.perf_counter()
+            left = None if args.time_limit is None else args.time_limit - (t - t_start)
+            try:
+                if left is not None:
+                    if left < 1:
+                        raise TimeoutError(f"skipped: --time-limit {args.time_limit:g} s spent before its warm-up")
+                    signal.signal(signal.SIGALRM, out_of_time)
+                    signal.alarm(max(int(left), 1))
+                for _ in range(max(args.warmup, 1)):
+                    r.step()
+                probes.sync(args.device)
+            except Exception as e:  # noqa: BLE001
+                failed(r.label, e)
+                runners.remove(r)
+                group.remove(r)
+                continue
+            finally:
+                signal.alarm(0)
+            res["setup_seconds"][r.label] += time.perf_counter() - t
+            print(f"{r.label}: built and warmed up in {res['setup_seconds'][r.label]:.1f} s", flush=True)
+
+    def time_group(group):  # interleaved rounds; each runner's first timing kept; same-precision ratios
+        times = dict(zip((r.label for r in group),
+                         h.run_rounds(group, args.rounds, args.steps, warmup=0, pause=args.pause), strict=True))
+        for label, t in times.items():
+            if label not in res["frameworks"]:
+                s = h.summarize([x for rnd in t for x in rnd])
+                res["frameworks"][label] = {"step": s, "images_per_s": args.batch_size / (s["median_ms"] / 1e3),
+                                            "round_medians_ms": [statistics.median(rnd) * 1e3 for rnd in t]}
+        for label, t in times.items():  # PyTorch's step time over scratchvit's: > 1 means scratchvit is faster
+            base = "scratchvit-" + label.rsplit("-", 1)[1]
+            if not label.startswith("scratchvit") and base in times:
+                ratios = h.round_ratios(times[base], t)
+                res["ratios"][f"{label}/{base}"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                                    "max": max(ratios)}
+        if "scratchvit-fp32" in res["frameworks"]:  # every runner's speed over scratchvit fp32's
+            base = res["frameworks"]["scratchvit-fp32"]["step"]["median_ms"]
+            res["speed_over_scratchvit_fp32"] = {k: base / v["step"]["median_ms"]
+                                                 for k, v in res["frameworks"].items()}
+        if args.json:  # what is measured so far stays on disk if a later compile overruns the caller's limit
+            _write(Path(args.json), res)
+
+    # Phase 1: scratchvit and PyTorch eager. Phase 2: torch.compile (long warm-ups), timed in rounds with
+    # scratchvit's runners again, so its ratios come from rounds of its own.
+    res["frameworks"], res["ratios"] = {}, {}
+    eager = [r for r in runners if not r.label.startswith("torch.compile")]
+    compiled = [r for r in runners if r.label.startswith("torch.compile")]
+    warm(eager)
+    time_group(eager)
+    warm(compiled)
+    if compiled:
+        time_group([r for r in eager if r.label.startswith("scratchvit")] + compiled)
     # scratchvit's and PyTorch eager's runners must run; torch.compile's failure or overrun is reported only
     res["required_failed"] = sorted(k for k in res["errors"] if not k.startswith("torch.compile"))
     print(f"{'runner':22s} {'median ms':>10s} {'images/s':>10s}")
