@@ -391,6 +391,7 @@ def cmd_preflight(a) -> int:
         if line.strip():
             check_command(c, line.strip(), wheels)
     print("other requirements")
+    c.check(shutil.which("timeout") is not None, "timeout (coreutils): each step runs under a time limit")
     for f in ("setup.cfg", "pyproject.toml", "tests/test_gpu.py", "bench/harness.py", "bench/torch_reference.py",
               "bench/probes.py"):
         c.check((REPO / f).is_file(), f"file {f}")
