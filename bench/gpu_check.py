@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # distribution -> import name where they differ (else the name with - as _)
 IMPORT_NAMES = {"pillow": "PIL"}
-# What the GPU machines' image already holds of what the check needs (device notes, KINDS.md, 2026-11-17);
+# What the GPU machines' image already holds of what the check needs (its package list as of 2026-11-17);
 # anything else of setup.cfg's install_requires must come as a wheel (array-api-compat, platformdirs).
 ON_GPU_IMAGE = ("numpy", "pillow", "tqdm", "threadpoolctl", "pytest", "scipy", "torch", "setuptools", "wheel")
 CHECK_NEEDS = ("pytest", "torch")  # beside the project's own dependencies: the tests and the speed step
