@@ -259,6 +259,8 @@ def measure_gpu(args) -> dict:
     # Phase 1: scratchvit and PyTorch eager. Phase 2: torch.compile (long warm-ups), timed in rounds with
     # scratchvit's runners again, so its ratios come from rounds of its own.
     res["frameworks"], res["ratios"] = {}, {}
+    res["ratios_meaning"] = ("A/B: A's median step time over B's, in rounds where both ran; > 1: B (scratchvit) "
+                             "is faster. speed_over_scratchvit_fp32: each runner's images/s over scratchvit fp32's")
     eager = [r for r in runners if not r.label.startswith("torch.compile")]
     compiled = [r for r in runners if r.label.startswith("torch.compile")]
     warm(eager)
