@@ -1,3 +1,4 @@
+import builtins
 import sys
 from pathlib import Path
 
@@ -39,3 +40,16 @@ def isolated_data(tmp_path, monkeypatch):
     monkeypatch.setitem(idx.SYSTEM_DIRS, "fashion-mnist", [])
     monkeypatch.setattr(idx, "APT_PACKAGES", {})
     monkeypatch.setattr(sources, "_urlopen", no_network)
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    """Importing matplotlib fails, as where the [plot] extra is not installed."""
+    real_import = builtins.__import__
+
+    def importing(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importing)

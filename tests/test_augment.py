@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from data_helpers import make_cifar10
+from test_train import interrupt_on_call
 
 from scratchvit import settings, train
 from scratchvit import step as sv_step
@@ -212,17 +213,9 @@ def test_resume_is_bit_exact_with_every_regulariser_on(cifar_dir, tmp_path, monk
             "--random-erasing", "0.5", "--mixup", "0.8", "--cutmix", "1.0", "--label-smoothing", "0.1",
             "--dropout", "0.1", "--attention-dropout", "0.1", "--drop-path", "0.2", "--accum-steps", "2"]
     assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
-    real, calls = sv_step.loss_and_grads, {"n": 0}
-
-    def interrupt_at_step_5(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(sv_step, "loss_and_grads", interrupt_at_step_5)
-    assert train.main([*args, "--out", str(tmp_path / "stopped")]) == 130
-    monkeypatch.setattr(sv_step, "loss_and_grads", real)
+    with monkeypatch.context() as m:
+        interrupt_on_call(m, sv_step, "loss_and_grads", 5)
+        assert train.main([*args, "--out", str(tmp_path / "stopped")]) == 130
     assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
     with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:
         for k in a.files:

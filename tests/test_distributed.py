@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train import fmnist_dir  # noqa: F401  (fixture: a small Fashion-MNIST in IDX files)
+from test_train import fmnist_dir, interrupt_on_call  # noqa: F401  (fmnist_dir: the fixture of a small Fashion-MNIST)
 
 from scratchvit import distributed, train
 from scratchvit import step as sv_step
@@ -82,17 +82,9 @@ def test_two_ranks_equal_one_process(fmnist_dir, tmp_path, dtype, rtol):  # noqa
 def test_resume_on_two_ranks_a_run_stopped_on_one(fmnist_dir, tmp_path, monkeypatch):  # noqa: F811
     extra = ("--steps", "8", "--dtype", "float64")
     assert train.main(data_args(fmnist_dir, tmp_path / "straight", *extra)) == 0
-    real, calls = sv_step.loss_and_grads, {"n": 0}
-
-    def interrupt_at_step_5(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(sv_step, "loss_and_grads", interrupt_at_step_5)
-    assert train.main(data_args(fmnist_dir, tmp_path / "stopped", *extra)) == 130
-    monkeypatch.setattr(sv_step, "loss_and_grads", real)
+    with monkeypatch.context() as m:
+        interrupt_on_call(m, sv_step, "loss_and_grads", 5)
+        assert train.main(data_args(fmnist_dir, tmp_path / "stopped", *extra)) == 130
     r = launch(2, ["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"])
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout and "at step 4 of 8" in r.stdout

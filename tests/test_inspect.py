@@ -1,6 +1,5 @@
 """python -m scratchvit.inspect: the numbers of the paper's Fig. 7 against answers known by hand, the CLI
 end to end on a tiny checkpoint, and its one-line errors."""
-import builtins
 import json
 import math
 import os
@@ -332,17 +331,9 @@ def test_missing_dataset_is_one_line(tmp_path, isolated_data, capsys):
                        "--data-dir", str(tmp_path / "nowhere")])
 
 
-def test_missing_matplotlib_is_one_line(tmp_path, rng, monkeypatch, capsys):
+def test_missing_matplotlib_is_one_line(tmp_path, rng, no_matplotlib, capsys):
     ckpt = write_checkpoint(tmp_path)
     files = write_images(tmp_path, rng, n=1)
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.split(".")[0] == "matplotlib":
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     err = run_error(capsys, ["--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), *files])
     assert 'pip install -e ".[plot]"' in err
     assert not (tmp_path / "o").exists()

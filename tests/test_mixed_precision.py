@@ -104,21 +104,15 @@ def test_fp16_cli_records_skips_and_resumes_the_scale(fmnist_dir, tmp_path, monk
     stays float32 in the official layout; state.npz holds the scale and --resume restores it."""
     import json
 
-    from test_train import run
+    from test_train import interrupt_on_call, run
 
     from scratchvit import train
 
     out, args = tmp_path / "fp16", ("--precision", "fp16", "--optimizer", "adamw", "--lr", "0.003", "--steps", "8")
-    real, calls = step.train_step, {"n": 0}
-
-    def stop_at_step_5(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(train, "train_one_step", stop_at_step_5)
-    assert run(fmnist_dir, out, *args) == 130
+    real = step.train_step
+    with monkeypatch.context() as m:
+        interrupt_on_call(m, train, "train_one_step", 6)
+        assert run(fmnist_dir, out, *args) == 130
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     trains = [r for r in records if r["split"] == "train"]
     assert trains and all(r["skipped_steps"] >= 0 and r["loss_scale"] > 0 for r in trains)

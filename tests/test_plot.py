@@ -1,5 +1,4 @@
 """python -m scratchvit.plot: a PNG of the curves, a clear error without matplotlib or with bad files."""
-import builtins
 import json
 
 import numpy as np
@@ -67,16 +66,8 @@ def test_read_metrics_groups_rows_by_split(tmp_path):
     assert m["val"]["accuracy"] == pytest.approx([0.3, 0.5, 0.7]) and m["test"]["loss"] == [0.9]
 
 
-def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path, no_matplotlib, capsys):
     run = write_metrics(tmp_path / "run")
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.split(".")[0] == "matplotlib":
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert plot.main([str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install" in err[0] and "matplotlib" in err[0]

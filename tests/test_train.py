@@ -46,6 +46,20 @@ def run(fmnist_dir, out, *extra):
                        *extra])
 
 
+def interrupt_on_call(monkeypatch, obj, name, n):
+    """Make ``obj.name`` raise KeyboardInterrupt on its ``n``-th call, as Ctrl-C during that training step
+    would (the loop then saves the state of the steps before it); other calls run the real function."""
+    real, calls = getattr(obj, name), {"n": 0}
+
+    def interrupting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(obj, name, interrupting)
+
+
 def metrics(out):
     return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -72,18 +86,9 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "10", "--accum-steps", "2", "--augment", "crop-flip")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
 
-    real = sv_step.loss_and_grads
-    calls = {"n": 0}
-
-    def interrupt_at_step_7(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(sv_step, "loss_and_grads", interrupt_at_step_7)
-    assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
-    monkeypatch.setattr(sv_step, "loss_and_grads", real)
+    with monkeypatch.context() as m:
+        interrupt_on_call(m, sv_step, "loss_and_grads", 7)
+        assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
     with np.load(tmp_path / "stopped" / "state.npz") as st:
         assert int(st["step"]) == 6
     assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
@@ -380,15 +385,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "8")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
     with monkeypatch.context() as m:
-        real, calls = sv_step.loss_and_grads, {"n": 0}
-
-        def stop_before_step_6(*a, **k):
-            calls["n"] += 1
-            if calls["n"] == 6:
-                raise KeyboardInterrupt
-            return real(*a, **k)
-
-        m.setattr(sv_step, "loss_and_grads", stop_before_step_6)
+        interrupt_on_call(m, sv_step, "loss_and_grads", 6)
         assert run(fmnist_dir, out, *args) == 130  # state saved at step 5
     with np.load(out / "last.npz") as z:  # last.npz of some other step
         sv.save_checkpoint(out / "last.npz", {k: z[k] + 1 for k in z.files})
