@@ -145,6 +145,9 @@ def blas_threads(n: int = 1):
     if controller is None:
         yield False
         return
+    if n == 1 and getattr(_local, "serial", False):  # a shard of split_batch: already held to one thread
+        yield True
+        return
     with controller.limit(limits=n, user_api="blas"):
         yield True
 
