@@ -33,6 +33,7 @@ import numpy as np
 
 from . import cpu, distributed
 from .backend import PRECISIONS, is_numpy, namespace, to_device, to_numpy
+from .ops.cross_entropy import check_targets as check_labels
 from .ops.dropout import RngKey
 from .optim import clip_by_global_norm, global_norm
 
@@ -112,34 +113,6 @@ class StepResult:
     grad_norm: float
     skipped: bool = False
     stop: bool = False
-
-
-SOFT_TOL = 1e-4  # soft-target rows sum to 1 within this (float32 mixing); as ops.cross_entropy.SOFT_TOL
-
-
-def check_labels(labels, num_classes: int) -> None:
-    """Refuse labels that are not (B,) integers in [0, num_classes) nor (B, num_classes) soft targets
-    (floats, finite, >= 0, each row summing to 1 within 1e-4: mixup / CutMix targets), checked on the
-    host (NumPy) before they move to the device, so the device never has to answer.
-
-    Raises:
-        ValueError: naming the shape, dtype, range or row sum found.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        if labels.dtype.kind != "f" or labels.shape[1] != num_classes:
-            raise ValueError(f"soft targets must be a (B, {num_classes}) float array, got shape {labels.shape} "
-                             f"dtype {labels.dtype}")
-        if labels.size:
-            err = float(np.abs(labels.sum(axis=1, dtype=np.float64) - 1.0).max())
-            if not (np.isfinite(labels).all() and labels.min() >= 0 and err <= SOFT_TOL):
-                raise ValueError(f"soft targets must be rows of probabilities (finite, >= 0, summing to 1), got "
-                                 f"min {labels.min()} and a row sum off by {err:.3g}")
-        return
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be a (B,) integer array, got shape {labels.shape} dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got min {labels.min()} max {labels.max()}")
 
 
 def _add(total: dict | None, grads: dict, dtype) -> dict:

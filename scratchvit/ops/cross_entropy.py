@@ -19,16 +19,50 @@ the loss as a float32 0-d array and the gradient in float16.
 Labels are checked for shape and dtype (integer (B,) or floating (B, K)) always, for their range
 [0, K) (soft targets: rows of probabilities summing to 1) only when they are a NumPy array: reading a
 device array back to the host would stall the device, so callers with labels on a device check them
-on the host before moving them there (:func:`scratchvit.step.check_labels`).
+on the host before moving them there (:func:`check_targets`, which :mod:`scratchvit.step` calls).
 """
 from __future__ import annotations
 
+import numpy as np
 from array_api_compat import is_array_api_obj
 
 from ..backend import device_of, is_numpy, namespace
 from .dense import fast_form, wide_dtype
 
 SOFT_TOL = 1e-4  # soft-target rows must sum to 1 within this (float32 mixing)
+
+
+def check_targets(labels, num_classes: int) -> None:
+    """Refuse host (NumPy) targets that are not (B,) integers in [0, num_classes) nor (B, num_classes)
+    soft targets (floats, finite, >= 0, each row summing to 1 within SOFT_TOL: mixup / CutMix), so
+    that labels can be checked before they move to a device, which then never has to answer.
+
+    Raises:
+        ValueError: naming the shape, dtype, range or row sum found.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        if labels.dtype.kind != "f" or labels.shape[1] != num_classes:
+            raise ValueError(f"soft targets must be a (B, {num_classes}) float array, got shape {labels.shape} "
+                             f"dtype {labels.dtype}")
+        if labels.size:
+            err = float(np.abs(labels.sum(axis=1, dtype=np.float64) - 1.0).max())
+            if not (np.isfinite(labels).all() and labels.min() >= 0 and err <= SOFT_TOL):
+                raise ValueError(f"soft targets must be rows of probabilities (finite, >= 0, summing to 1), got "
+                                 f"min {labels.min()} and a row sum off by {err:.3g}")
+        return
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be a (B,) integer array, got shape {labels.shape} dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got min {labels.min()} max {labels.max()}")
+
+
+def _check_host(labels, num_classes: int) -> None:
+    """:func:`check_targets` with the op's name in front of its message."""
+    try:
+        check_targets(labels, num_classes)
+    except ValueError as e:
+        raise ValueError(f"cross-entropy: {e}") from None
 
 
 def is_soft(labels) -> bool:
@@ -53,11 +87,8 @@ def _checked_labels(logits, labels, label_smoothing):
             raise ValueError(f"cross-entropy: soft targets must have shape ({B}, {K}), got {tuple(labels.shape)}")
         if not xp.isdtype(labels.dtype, "real floating"):
             raise ValueError(f"cross-entropy: soft targets must be floats, got dtype {labels.dtype}")
-        if B and is_numpy(xp):
-            lo, err = float(xp.min(labels)), float(xp.max(xp.abs(xp.sum(labels, axis=1) - 1.0)))
-            if not (lo >= 0.0 and err <= SOFT_TOL):
-                raise ValueError(f"cross-entropy: soft targets must be rows of probabilities (>= 0, summing to "
-                                 f"1), got min {lo} and a row sum off by {err}")
+        if B and is_numpy(xp):  # host targets: free to check (check_targets); device ones the caller's
+            _check_host(labels, K)
         return xp.astype(labels, wide_dtype(xp, logits.dtype), copy=False)
     if tuple(labels.shape) != (B,):
         raise ValueError(f"cross-entropy: labels must have shape ({B},) (or ({B}, {K}) soft targets), "
@@ -65,9 +96,7 @@ def _checked_labels(logits, labels, label_smoothing):
     if not xp.isdtype(labels.dtype, "integral"):
         raise ValueError(f"cross-entropy: labels must be integers, got dtype {labels.dtype}")
     if B and is_numpy(xp):  # host labels: free to check; device labels are the caller's to check on the host
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= K:
-            raise ValueError(f"cross-entropy: labels must lie in [0, {K}), got min {lo} max {hi}")
+        _check_host(labels, K)
     return labels
 
 
