@@ -58,10 +58,19 @@ def assert_params_close(a_path, b_path, rtol):
             assert err <= rtol, f"{k}: difference {err:.3g} of the largest parameter > {rtol:g}"
 
 
+REGULARISERS = ("--dropout", "0.1", "--attention-dropout", "0.1", "--drop-path", "0.2",
+                "--augment", "pad-crop-flip", "--pad", "2", "--random-erasing", "0.5",
+                "--mixup", "0.8", "--cutmix", "1.0", "--label-smoothing", "0.1")
+
+
 @needs_mpi
-@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-6), ("float64", 1e-12)])
-def test_two_ranks_equal_one_process(fmnist_dir, tmp_path, dtype, rtol):  # noqa: F811
-    extra = ("--steps", "4", "--dtype", dtype, "--accum-steps", "2")
+@pytest.mark.parametrize("dtype,rtol,regularisers", [("float32", 1e-6, ()), ("float64", 1e-12, ()),
+                                                     ("float64", 1e-12, REGULARISERS)],
+                         ids=["float32", "float64", "float64-regularised"])
+def test_two_ranks_equal_one_process(fmnist_dir, tmp_path, dtype, rtol, regularisers):  # noqa: F811
+    """2 ranks train as one process, also with every regulariser on (dropout, attention dropout, drop path,
+    pad-crop-flip, random erasing, mixup/CutMix): masks and augmentation follow global rows, not ranks."""
+    extra = ("--steps", "4", "--dtype", dtype, "--accum-steps", "2", *regularisers)
     assert train.main(data_args(fmnist_dir, tmp_path / "one", *extra)) == 0
     r = launch(2, data_args(fmnist_dir, tmp_path / "two", *extra))
     assert r.returncode == 0, r.stderr
