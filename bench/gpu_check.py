@@ -3,6 +3,7 @@
 the dry run's checks and the final JSON. Standard library only (NumPy, CuPy, PyTorch are asked for by
 subprocess or imported inside the functions), so that it runs before anything is installed.
 
+    python bench/gpu_check.py backend                            # step 0: can pip build an editable install offline
     python bench/gpu_check.py env --json F [--require-gpu]       # step 1: nvidia-smi, python, cupy, torch, GPU
     python bench/gpu_check.py junit --xml F --json F             # step 2: pytest's counts; fails on skips
     python bench/gpu_check.py train --run DIR --json F           # step 4: a run's final train loss, test accuracy
@@ -17,6 +18,7 @@ import configparser
 import datetime
 import functools
 import importlib
+import importlib.util
 import json
 import platform
 import re
@@ -31,9 +33,6 @@ REPO = Path(__file__).resolve().parent.parent
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # distribution -> import name where they differ (else the name with - as _)
 IMPORT_NAMES = {"pillow": "PIL"}
-# What the GPU machines' image already holds of what the check needs (its package list as of 2026-11-17);
-# anything else of setup.cfg's install_requires must come as a wheel (array-api-compat, platformdirs).
-ON_GPU_IMAGE = ("numpy", "pillow", "tqdm", "threadpoolctl", "pytest", "scipy", "torch", "setuptools", "wheel")
 CHECK_NEEDS = ("pytest", "torch")  # beside the project's own dependencies: the tests and the speed step
 
 
@@ -62,15 +61,6 @@ def cmd_imports(a) -> int:
     if missing:
         print(f"error: not importable: {', '.join(missing)}", file=sys.stderr)
     return 1 if missing else 0
-# pip install --no-build-isolation -e . builds with the installed setuptools: PEP 660 needs setuptools >= 64,
-# and bdist_wheel comes with setuptools >= 70.1, else from the wheel package.
-EDITABLE_BACKEND = """
-import importlib.util, sys, setuptools
-v = tuple(int(x) for x in setuptools.__version__.split(".")[:2])
-wheel = v >= (70, 1) or importlib.util.find_spec("wheel") is not None
-print(f"setuptools {setuptools.__version__}" + ("" if wheel else ", no wheel package"))
-sys.exit(0 if v >= (64, 0) and wheel else 1)
-"""
 # The fragments each step leaves in the work folder, in step order, and the report's key for each.
 FRAGMENTS = (("env.json", "environment"), ("gpu_tests.json", "gpu_tests"), ("parity.json", "parity"),
              ("train_fp32.json", "train_fp32"), ("train_fp16.json", "train_fp16"),
@@ -96,6 +86,29 @@ def run(cmd: list[str], timeout: float = 60) -> tuple[int, str]:
     """(exit status, stdout + stderr) of a command; 127 and the reason when it cannot start. The same
     command is run once per process (the dry run asks for some --help texts several times)."""
     return _run(tuple(cmd), timeout)
+
+
+def editable_backend() -> tuple[bool, str]:
+    """Whether ``pip install --no-index --no-build-isolation -e .`` can build with the setuptools installed here:
+    PEP 660 editable installs need setuptools >= 64, and bdist_wheel comes with setuptools >= 70.1, else from
+    the ``wheel`` package. Returns (ok, a line naming what was found)."""
+    try:
+        import setuptools
+    except ImportError:
+        return False, "setuptools not installed"
+    v = tuple(int(x) for x in re.findall(r"\d+", setuptools.__version__)[:2])
+    wheel = v >= (70, 1) or importlib.util.find_spec("wheel") is not None
+    line = f"setuptools {setuptools.__version__}" + ("" if wheel else ", no wheel package")
+    return v >= (64, 0) and wheel, line
+
+
+def cmd_backend(a) -> int:
+    """Step 0, before the project's install on the GPU machine (no network, so no build isolation)."""
+    ok, line = editable_backend()
+    print(f"build backend: {line}: {'can' if ok else 'cannot'} build an editable install without build isolation")
+    if not ok:
+        print("error: bring setuptools >= 70.1 (or >= 64 and wheel) as wheels in --wheels", file=sys.stderr)
+    return 0 if ok else 1
 
 
 # ------------------------------------------------------------------------------ step 1: environment
@@ -331,9 +344,11 @@ def check_command(c: Checks, line: str, wheels: list[str]) -> None:
         c.check(rc == 0, "pip usable")
         for w in [x for x in rest if x.endswith(".whl")]:
             c.check(Path(w).is_file(), f"wheel {w}")
-        if "-e" in rest and "--no-build-isolation" in rest:  # the build backend must be installed already
-            rc, out = run([py, "-c", EDITABLE_BACKEND])
-            c.check(rc == 0, f"an editable install without build isolation can build ({out.strip()[:120]})")
+        if "-e" in rest and "--no-build-isolation" in rest:
+            # a fact of the GPU machine's environment, checked there by step 0-install/build-backend; here a note
+            rc, out = run([py, str(REPO / "bench" / "gpu_check.py"), "backend"])
+            said = out.strip().splitlines()[0] if out.strip() else f"exit status {rc}"
+            c.note(f"here: {said}; step 0-install/build-backend checks it on the GPU machine")
         for i, x in enumerate(rest):
             if x == "--find-links":
                 c.check(Path(rest[i + 1]).is_dir(), f"wheels folder {rest[i + 1]}")
@@ -396,8 +411,9 @@ def cmd_preflight(a) -> int:
               "bench/probes.py"):
         c.check((REPO / f).is_file(), f"file {f}")
     rc, out = run([a.python, "-c", "import torch; print(torch.__version__, hasattr(torch, 'compile'))"])
-    if rc:  # CI need not have PyTorch: the GPU machines' image has it
-        c.note("torch not importable here: the GPU machines' image has it (step 5 needs torch.compile)")
+    if rc:  # CI need not have PyTorch; step 0-install/imports checks it on the GPU machine
+        c.note("torch not importable here: step 0-install/imports checks it on the GPU machine "
+               "(step 5 needs torch.compile)")
     else:
         c.check(out.split()[-1:] == ["True"], f"torch with torch.compile ({out.strip()[:80]})")
     rc, out = run([a.python, "-c", "import cupy; print(cupy.__version__)"])
@@ -422,14 +438,8 @@ def cmd_preflight(a) -> int:
         here = "importable here" if rc == 0 else "not importable here"
         if wheel:
             c.ok(f"{dist}: wheel {Path(wheel[0]).name} ({here})")
-        elif dist.lower() in ON_GPU_IMAGE:
-            c.ok(f"{dist}: on the GPU machines' image ({here})")
-        elif a.wheels:
-            c.bad(f"{dist}: not on the GPU machines' image and no wheel in --wheels")
-        else:
-            c.note(f"{dist}: not on the GPU machines' image: bring its wheel with --wheels ({here})")
-        if rc and not wheel and dist.lower() not in ON_GPU_IMAGE:
-            c.bad(f"{dist}: not importable here and no wheel for it")
+        else:  # what the GPU machine holds is checked there, by step 0-install/imports
+            c.note(f"{dist}: no wheel in --wheels: it must be installed on the GPU machine ({here})")
     if a.data:
         print(f"data folder {a.data}:")
         d = Path(a.data)
@@ -452,6 +462,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("imports", help="step 0: setup.cfg's install_requires, pytest, torch and scratchvit import")
+    sub.add_parser("backend", help="step 0: the installed setuptools can build an editable install offline")
     e = sub.add_parser("env", help="step 1: the environment report")
     e.add_argument("--json", required=True)
     e.add_argument("--require-gpu", action="store_true", help="exit 1 unless nvidia-smi, CuPy and PyTorch see a GPU")
@@ -479,8 +490,8 @@ def main(argv=None) -> int:
     f.add_argument("--wheels", default=None)
     f.add_argument("--data", default=None)
     a = p.parse_args(argv)
-    return {"imports": cmd_imports, "env": cmd_env, "junit": cmd_junit, "train": cmd_train, "precision": cmd_precision,
-            "report": cmd_report, "preflight": cmd_preflight}[a.cmd](a)
+    return {"imports": cmd_imports, "backend": cmd_backend, "env": cmd_env, "junit": cmd_junit, "train": cmd_train,
+            "precision": cmd_precision, "report": cmd_report, "preflight": cmd_preflight}[a.cmd](a)
 
 
 if __name__ == "__main__":

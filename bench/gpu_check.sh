@@ -116,6 +116,7 @@ step0_install() {  # the brought wheels and the project itself, no network; then
                 run_step 0-install/wheels 180 "$PY" -m pip install -q --no-index --find-links "$WHEELS" "${wheels[@]}"
             fi
         fi
+        run_step 0-install/build-backend 30 "$PY" bench/gpu_check.py backend
         run_step 0-install/project 120 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e .
     fi
     run_step 0-install/imports 60 "$PY" bench/gpu_check.py imports

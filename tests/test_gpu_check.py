@@ -74,9 +74,28 @@ def test_dry_run_fails_naming_a_missing_flag_and_a_missing_data_file(tmp_path):
     problems = out.split("problem(s):")[1]
     assert "MISSING  python -m fake_train: flag --warmup-steps in --help" in out
     assert "t10k-labels-idx1-ubyte.gz" in problems
-    assert "array-api-compat: not on the GPU machines' image and no wheel in --wheels" in problems
-    assert "platformdirs" not in problems and "tqdm" not in problems
+    # what the GPU machine holds is checked there (step 0-install/imports): a dependency without a wheel is a note
+    assert "note     array-api-compat: no wheel in --wheels: it must be installed on the GPU machine" in out
+    assert "ok       platformdirs: wheel platformdirs-4.14.9-py3-none-any.whl" in out
+    assert "array-api-compat" not in problems and "platformdirs" not in problems and "tqdm" not in problems
     assert "--precision in --help" not in problems  # the fake has it
+
+
+def test_the_gpu_machines_build_backend_is_its_own_step_and_only_a_note_here(dry_run, tmp_path):
+    """A fresh venv (setuptools 65.5, no wheel package) cannot build an editable install offline; that concerns the
+    GPU machine only, so the dry run notes what it sees here and step 0-install/build-backend checks it there."""
+    out = dry_run.stdout + dry_run.stderr
+    assert "[0-install/build-backend]" in out and "bench/gpu_check.py backend" in out
+    assert out.index("[0-install/build-backend]") < out.index("[0-install/project]")
+    assert "step 0-install/build-backend checks it on the GPU machine" in out
+    old = tmp_path / "old_setuptools"  # a setuptools that predates PEP 660, shadowing the real one
+    (old / "setuptools").mkdir(parents=True)
+    (old / "setuptools" / "__init__.py").write_text("__version__ = '63.4.0'\n")
+    env = {**os.environ, "PYTHONPATH": f"{old}{os.pathsep}{REPO}"}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "backend"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1 and "setuptools 63.4.0" in r.stdout and "cannot build" in r.stdout, r.stdout + r.stderr
+    assert gpu_check.main(["backend"]) == (0 if gpu_check.editable_backend()[0] else 1)
 
 
 def test_a_python_that_is_not_there_is_named(tmp_path):
