@@ -18,7 +18,7 @@ from .data import Batches, load_dataset
 from .files import write_text_atomic
 from .model import ViT
 from .runs import run_gelu, run_info
-from .settings import EvaluateSettings, parse_settings
+from .settings import TTA_FORMS, EvaluateSettings, parse_settings
 
 
 def open_dataset(name: str, data_dir=None, image_size: int | None = None, skip_bad_images: bool = False, log=None):
@@ -34,7 +34,7 @@ def open_dataset(name: str, data_dir=None, image_size: int | None = None, skip_b
 
 
 def evaluate(model, images, labels, batch_size: int = 256, progress: bool = False, workers: int = 2,
-             skip_bad_images: bool = False):
+             skip_bad_images: bool = False, tta: str | None = None):
     """Mean cross-entropy, accuracy and predictions of ``model`` on a labelled set.
 
     Args:
@@ -45,39 +45,51 @@ def evaluate(model, images, labels, batch_size: int = 256, progress: bool = Fals
         batch_size: images per forward pass.
         workers: threads preparing images in the background.
         skip_bad_images: skip unreadable files (lazy sequences) instead of raising.
+        tta: None, or "flip": test-time augmentation, the logits averaged over each image and its horizontal
+            mirror (as airbench's evaluation); a second forward pass per batch.
 
     Returns:
         dict with "loss" (mean cross-entropy, float), "accuracy" (float in [0, 1]), "predictions" and
         "labels" ((M',) int64, aligned: the images actually evaluated, M' = M - "skipped"), "skipped"
-        (files left out by ``skip_bad_images``), "seconds" (wall clock).
+        (files left out by ``skip_bad_images``), "seconds" (wall clock). With ``tta="flip"`` also
+        "loss_flip", "accuracy_flip" and "predictions_flip", of the averaged logits ("loss", "accuracy"
+        and "predictions" stay those of the plain pass).
+
+    Raises:
+        ValueError: an unknown ``tta``.
     """
+    if tta not in (None, *TTA_FORMS):
+        raise ValueError(f"evaluate: tta must be None or one of {TTA_FORMS}, got {tta!r}")
     t0 = time.perf_counter()
-    preds, seen = [], []  # per batch: predictions and the labels of the images actually evaluated
-    total_loss = 0.0
+    preds, seen = {None: [], tta: []}, []  # per batch: predictions and the labels of the images actually evaluated
+    total_loss = dict.fromkeys(preds, 0.0)
     with Batches(images, labels, batch_size, model.config.image_size, train=False, workers=workers,
                  skip_bad_images=skip_bad_images) as batches:
         it = batches
         if progress:
             it = tqdm(batches, total=batches.steps_per_epoch, desc="eval", leave=False)
         for _, x, y in it:
-            logits = model.forward(x)
-            loss, _ = ops.softmax_cross_entropy_forward(logits, to_device(y, model.device))
+            logits = {None: model.forward(x)}
+            if tta == "flip":  # NHWC: axis 2 is the width
+                logits["flip"] = 0.5 * (logits[None] + model.forward(np.ascontiguousarray(x[:, :, ::-1])))
+            y_dev = to_device(y, model.device)
             xp = model.xp
-            pred = xp.astype(xp.argmax(logits, axis=1), xp.float64)
-            both = to_numpy(xp.concat([xp.reshape(xp.astype(loss, xp.float64), (1,)), pred]))  # one read a batch
-            total_loss += float(both[0]) * len(y)
-            preds.append(both[1:].astype(np.int64))
+            for form, z in logits.items():
+                loss, _ = ops.softmax_cross_entropy_forward(z, y_dev)
+                pred = xp.astype(xp.argmax(z, axis=1), xp.float64)
+                both = to_numpy(xp.concat([xp.reshape(xp.astype(loss, xp.float64), (1,)), pred]))  # one read
+                total_loss[form] += float(both[0]) * len(y)
+                preds[form].append(both[1:].astype(np.int64))
             seen.append(y)
-    preds = np.concatenate(preds) if preds else np.empty(0, np.int64)
+    preds = {k: np.concatenate(v) if v else np.empty(0, np.int64) for k, v in preds.items()}
     seen = np.concatenate(seen) if seen else np.empty(0, np.int64)
-    return {
-        "loss": total_loss / max(len(seen), 1),
-        "accuracy": float((preds == seen).mean()) if len(seen) else float("nan"),
-        "predictions": preds,
-        "labels": seen,
-        "skipped": len(labels) - len(seen),
-        "seconds": time.perf_counter() - t0,
-    }
+    result = {"labels": seen, "skipped": len(labels) - len(seen), "seconds": time.perf_counter() - t0}
+    for form in preds:
+        suffix = f"_{form}" if form else ""
+        result[f"loss{suffix}"] = total_loss[form] / max(len(seen), 1)
+        result[f"accuracy{suffix}"] = float((preds[form] == seen).mean()) if len(seen) else float("nan")
+        result[f"predictions{suffix}"] = preds[form]
+    return result
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
@@ -127,16 +139,23 @@ def main(argv=None) -> int:
         images, labels = ((ds.test_images, ds.test_labels) if args.split == "test"
                           else (ds.train_images, ds.train_labels))
         result = evaluate(model, images, labels, args.batch_size, progress=True, workers=args.workers,
-                          skip_bad_images=args.skip_bad_images)
+                          skip_bad_images=args.skip_bad_images, tta=args.tta)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    plain = {"accuracy": result["accuracy"], "loss": result["loss"]}
+    name = f"{args.dataset} {args.split}"
+    if args.tta:  # the report is of the averaged logits; the plain figures beside them
+        result = {**result, **{k: result[f"{k}_{args.tta}"] for k in ("accuracy", "loss", "predictions")}}
+        name += f" ({args.tta}-averaged logits; plain: accuracy {100 * plain['accuracy']:.2f}%, " \
+                f"loss {plain['loss']:.4f})"
     cm = confusion_matrix(result["labels"], result["predictions"], ds.num_classes)
-    print(format_report(f"{args.dataset} {args.split}", ds.class_names, result, cm))
+    print(format_report(name, ds.class_names, result, cm))
     if args.json:
         write_text_atomic(Path(args.json), json.dumps({
-            "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,
+            "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split, "tta": args.tta,
             "accuracy": result["accuracy"], "loss": result["loss"],
+            **({"plain_accuracy": plain["accuracy"], "plain_loss": plain["loss"]} if args.tta else {}),
             "per_class_accuracy": dict(zip(ds.class_names, per_class_accuracy(cm).tolist(), strict=True)),
             "confusion_matrix": cm.tolist()}, indent=2) + "\n")
     return 0

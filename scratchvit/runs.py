@@ -29,6 +29,20 @@ def write_config(out: Path, settings: dict, model, ds, **sizes) -> None:
         "num_params": model.num_params()}, indent=2) + "\n")
 
 
+def record_total_steps(out: Path, total_steps: int, **records) -> None:
+    """Set config.json's "total_steps" (and top-level ``records``, e.g. time_limit=...) once a run knows it:
+    --time-limit counts its steps after the calibration (read back by :func:`recorded_total_steps`)."""
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(total_steps=total_steps, **records)
+    write_text_atomic(out / "config.json", json.dumps(cfg, indent=2) + "\n")
+
+
+def recorded_total_steps(out: Path) -> int | None:
+    """config.json's "total_steps" of the run in ``out``; None where it was not set yet (a --time-limit run
+    stopped during its calibration, which a resumed run makes again)."""
+    return json.loads((out / "config.json").read_text()).get("total_steps")
+
+
 def run_info(checkpoint) -> dict:
     """The ``config.json`` a training run wrote next to ``checkpoint`` (a path), or {} when there is none.
 

@@ -24,6 +24,8 @@ from .optim import OPTIMIZERS, SCHEDULES
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 GROUPS = ("hardware and numbers", "data", "model", "optimisation", "evaluation and output", "distributed (MPI)")
+TTA_FORMS = ("flip",)  # test-time augmentations of evaluate.evaluate
+MIN_CALIBRATION_STEPS = 10  # --time-limit: the fewest warmup steps that the step time is measured over
 # What may differ when a run is resumed: where it runs and how it reports, never what it computes.
 RUNTIME = ("device", "progress", "workers", "data_dir", "distributed", "mpi_timeout")
 
@@ -93,6 +95,10 @@ class TrainSettings:
     schedule: str = setting("cosine", 3, "decay after warmup", SCHEDULES)
     steps: int = setting(10000, 3, "optimiser steps")
     epochs: float = setting(None, 3, "train for this many passes over the training split instead of --steps")
+    time_limit: float = setting(None, 3, "minutes for the whole run (loading, steps, evaluations, the test pass) "
+                                "instead of --steps/--epochs: the first steps of the warmup measure the step time, "
+                                "then the step count is set so that the warmup and the decay end at the limit; "
+                                "the count goes into config.json (--resume keeps it; --steps N reruns it exactly)")
     warmup_steps: int = setting(500, 3, "linear warmup steps")
     batch_size: int = setting(512, 3, "images per optimiser step (global: shared by all MPI ranks)")
     accum_steps: int = setting(1, 3, "split each (rank's) batch into this many micro-batches whose gradients are "
@@ -102,6 +108,8 @@ class TrainSettings:
                                      "every class (validation and test losses stay plain cross-entropy)")
     eval_every: int = setting(100, 4, "steps between validation passes and checkpoints")
     eval_batch_size: int = setting(256, 4, "images per evaluation forward pass (per rank)")
+    tta: str = setting(None, 4, "test-time augmentation of the final test pass: flip = logits averaged over each "
+                       "image and its mirror (recorded beside the plain accuracy)", TTA_FORMS)
     out: str = setting("runs/latest", 4, "output folder")
     progress: bool = setting(True, 4, "progress bar (--no-progress: one line per evaluation instead)")
     distributed: str = setting("auto", 5, "auto: data-parallel over the MPI ranks when started by mpiexec/mpirun "
@@ -135,6 +143,17 @@ class TrainSettings:
             check_positive_int("--steps", self.steps)
         elif not self.epochs > 0:
             raise ValueError(f"--epochs must be positive, got {self.epochs}")
+        if self.time_limit is not None:
+            if not self.time_limit > 0:
+                raise ValueError(f"--time-limit must be positive (minutes), got {self.time_limit}")
+            if self.epochs is not None:
+                raise ValueError(f"--time-limit {self.time_limit:g} and --epochs {self.epochs:g} both set the length "
+                                 "of the run: give one of them")
+            if self.warmup_steps < MIN_CALIBRATION_STEPS or self.schedule == "constant":
+                raise ValueError(f"--time-limit measures the step time during the warmup (up to "
+                                 f"{MIN_CALIBRATION_STEPS} steps of it): it needs --warmup-steps >= "
+                                 f"{MIN_CALIBRATION_STEPS} and a decaying --schedule, got {self.warmup_steps} and "
+                                 f"{self.schedule}")
         for k in ("lr", "mpi_timeout"):
             if not getattr(self, k) > 0:
                 raise ValueError(f"{flag(k)} must be positive, got {getattr(self, k)}")
@@ -144,7 +163,7 @@ class TrainSettings:
                              f"got {self.dtype}")
         if self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("--warmup-steps and --grad-clip must be >= 0")
-        if self.epochs is None:
+        if self.epochs is None and self.time_limit is None:
             self.check_warmup(self.steps)
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
@@ -219,6 +238,8 @@ class EvaluateSettings:
                        "PyTorch/timm); None: the run's config.json next to the checkpoint, else tanh")
     workers: int = shared("workers", help="threads preparing images")
     skip_bad_images: bool = shared("skip_bad_images")
+    tta: str = shared("tta", help="test-time augmentation: flip = logits averaged over each image and its mirror; "
+                      "the report is of the averaged logits, the plain accuracy beside it")
     json: str = setting(None, 0, "also write the results to this JSON file")
 
     def __post_init__(self):
@@ -350,8 +371,14 @@ def resolve_settings(argv=None, description=None) -> tuple[TrainSettings, bool]:
     args = build_parser(description=description).parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "resume")}
     d = load_preset(args.config) if args.config else {}
-    if "steps" in given and "epochs" not in given:
-        d.pop("epochs", None)  # --steps on the command line beats a preset's epochs
+    counted = [flag(k) for k in ("steps", "epochs") if k in given]
+    if counted and "time_limit" in given:
+        raise ValueError(f"--time-limit and {' and '.join(counted)} both set the length of the run: give one of them "
+                         "(--time-limit sets the step count from the measured step time)")
+    if counted or "time_limit" in given:  # the length given on the command line beats the preset's
+        d.pop("time_limit", None)
+    if ("steps" in given and "epochs" not in given) or "time_limit" in given:
+        d.pop("epochs", None)  # --steps or --time-limit on the command line beats a preset's epochs
     d.update(given)
     if not args.resume:
         return TrainSettings.from_dict(d, "settings"), False

@@ -107,14 +107,89 @@ class Run:
     best_val: float = -1.0
     loss_scale: LossScale | None = None  # fp16 only
 
+    time_limit: TimeLimit | None = None  # --time-limit, until the step count is set
+
     def lr(self, step: int) -> float:
-        """The learning rate of (0-based) step ``step``: warmup then --schedule (optim.learning_rate)."""
+        """The learning rate of (0-based) step ``step``: warmup then --schedule (optim.learning_rate). Before
+        --time-limit has set the step count, ``step`` lies in the warmup, whose rates do not depend on it."""
         s = self.settings
-        return optim.learning_rate(step, s.lr, self.total_steps, s.warmup_steps, s.schedule)
+        total = self.total_steps if self.total_steps is not None else s.warmup_steps + 1
+        return optim.learning_rate(step, s.lr, total, s.warmup_steps, s.schedule)
 
     def log_metrics(self, step: int, split: str, **values):
         """One metrics.jsonl record (rank 0 only) with the step, the epoch and the split."""
         self.metrics.write(step=step, epoch=step / self.steps_per_epoch, split=split, **values)
+
+
+CALIBRATION_STEPS = 30  # --time-limit: steps of the warmup that measure the step time (the first SETTLE not timed)
+SETTLE_STEPS = 3  # first steps of a process: caches, threads and the batch queue fill
+
+
+@dataclasses.dataclass
+class TimeLimit:
+    """--time-limit: the steps that measure the step time, and what was measured.
+
+    The calibration steps are the run's own first steps, inside the warmup, whose learning rates do not
+    depend on the total; so a run of ``--steps N`` with the count chosen here is the same run, bit for bit.
+    """
+
+    seconds: float  # the whole run's budget, from the start of train()
+    first_step: int  # the step count at which the timing starts
+    last_step: int  # the step count at which the total is set
+    t_first: float | None = None
+    eval_seconds: float = 0.0  # validation passes inside the timed steps (not step time)
+
+    @classmethod
+    def start(cls, s: TrainSettings, step: int) -> "TimeLimit":
+        """The calibration of a run that starts (or resumes, before its count was set) at ``step``."""
+        n = max(min(CALIBRATION_STEPS, s.warmup_steps - step), 1)
+        settle = SETTLE_STEPS if n > 2 * SETTLE_STEPS else 0
+        return cls(60.0 * s.time_limit, step + settle, step + n)
+
+
+def fit_steps(seconds_left: float, step_seconds: float, image_seconds: float, n_val: int, n_test: int,
+              eval_every: int, step: int) -> int:
+    """The total step count N whose remaining steps (``step`` to N, ``step_seconds`` each), validation passes
+    (at every ``eval_every``-th step and at N, ``n_val`` images) and test pass (``n_test`` images, each image
+    ``image_seconds``) fit in ``seconds_left``; ``step`` if not even one step fits."""
+    def cost(n):
+        val_passes = n // eval_every - step // eval_every + (1 if n % eval_every else 0)
+        return (n - step) * step_seconds + (val_passes * n_val + n_test) * image_seconds
+
+    per_step = step_seconds + n_val * image_seconds / eval_every
+    n = step + max(int((seconds_left - n_test * image_seconds) / per_step), 0)
+    while n > step and cost(n) > seconds_left:
+        n -= 1
+    return n
+
+
+def set_steps_by_time(run: Run, step: int, t_start: float, val_x, val_y, n_test: int, say) -> None:
+    """At the calibration's last step: measure the step time and the evaluation time per image (one
+    validation batch), averaged over the MPI ranks, set ``run.total_steps`` so that the run ends at
+    --time-limit, record it in config.json (rank 0) and ``say`` it.
+
+    Raises:
+        ValueError: the limit leaves no more steps than the warmup (naming both).
+    """
+    s, limit = run.settings, run.time_limit
+    step_seconds = (time.perf_counter() - limit.t_first - limit.eval_seconds) / (step - limit.first_step)
+    m = min(len(val_y), s.eval_batch_size)
+    image_seconds = evaluate(run.model, val_x[:m], val_y[:m], s.eval_batch_size, workers=s.workers)["seconds"] / m
+    step_seconds, image_seconds = run.dist.allreduce_sum(np.array([step_seconds, image_seconds]),
+                                                         "the time limit's calibration") / run.dist.size
+    left = limit.seconds - (time.perf_counter() - t_start)
+    test_images = n_test * (2 if s.tta == "flip" else 1)  # flip averaging: a second forward pass
+    total = fit_steps(left, step_seconds, image_seconds, len(val_y), test_images, s.eval_every, step)
+    if total <= s.warmup_steps:
+        raise ValueError(f"--time-limit {s.time_limit:g} min: at {step_seconds:.3f} s a step only {total} steps fit, "
+                         f"not more than --warmup-steps {s.warmup_steps}: give more time or fewer warmup steps")
+    run.total_steps, run.time_limit = total, None
+    record = {"minutes": s.time_limit, "step_seconds": step_seconds, "eval_seconds_per_image": image_seconds,
+              "measured_steps": [limit.first_step, step], "total_steps": total}
+    if run.dist.is_main:
+        runs.record_total_steps(Path(s.out), total, time_limit=record)
+    say(f"time limit {s.time_limit:g} min: {step_seconds:.3f} s a step (steps {limit.first_step + 1}-{step}), "
+        f"{1e3 * image_seconds:.2f} ms an evaluated image -> {total} steps; --steps {total} reruns this run exactly")
 
 
 @dataclasses.dataclass
@@ -147,17 +222,26 @@ class Window:
         return (self.images + self.skipped_images) / (time.perf_counter() - self.start)
 
 
-def evaluate_shared(run: Run, images, labels) -> dict:
-    """Loss and accuracy of the whole set, each rank evaluating its contiguous share (sums reduced)."""
+def evaluate_shared(run: Run, images, labels, tta: str | None = None) -> dict:
+    """Loss and accuracy of the whole set, each rank evaluating its contiguous share (sums reduced); with
+    ``tta="flip"`` also "loss_flip" and "accuracy_flip" (logits averaged with the mirrored image's)."""
     lo, hi = run.dist.split_range(len(labels))
     if (lo, hi) != (0, len(labels)):
         images, labels = images[lo:hi], labels[lo:hi]  # arrays and ImageFiles slice alike
     s = run.settings
-    r = evaluate(run.model, images, labels, s.eval_batch_size, workers=s.workers, skip_bad_images=s.skip_bad_images)
+    r = evaluate(run.model, images, labels, s.eval_batch_size, workers=s.workers, skip_bad_images=s.skip_bad_images,
+                 tta=tta)
     n = len(r["labels"])  # fewer than len(labels) where --skip-bad-images left files out
-    sums = np.array([r["loss"] * n, float((r["predictions"] == r["labels"]).sum()), n])
-    loss_sum, correct, n = run.dist.allreduce_sum(sums, "the evaluation's reduction")
-    return {"loss": loss_sum / max(n, 1), "accuracy": correct / n if n else float("nan"), "seconds": r["seconds"]}
+    forms = [""] + ([f"_{tta}"] if tta else [])
+    sums = [n]
+    for f in forms:
+        sums += [r[f"loss{f}"] * n, float((r[f"predictions{f}"] == r["labels"]).sum())]
+    sums = run.dist.allreduce_sum(np.array(sums, dtype=np.float64), "the evaluation's reduction")
+    n, out = sums[0], {"seconds": r["seconds"]}
+    for i, f in enumerate(forms):
+        out[f"loss{f}"] = sums[1 + 2 * i] / max(n, 1)
+        out[f"accuracy{f}"] = sums[2 + 2 * i] / n if n else float("nan")
+    return out
 
 
 def train_step(run: Run, x, y, step: int, stop: bool = False) -> StepResult:
@@ -225,7 +309,7 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
                 # step or its evaluation); MPI ranks the flag they all got with the last step's gradients
                 if stop or (dist.size == 1 and pressed):
                     raise KeyboardInterrupt
-                if step >= run.total_steps:
+                if run.total_steps is not None and step >= run.total_steps:
                     break
                 assert step_in == step
                 try:
@@ -245,9 +329,21 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
                     img_s = win.images_per_sec()
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.lr(step - 1):.2g}",
                                     best_val=f"{max(run.best_val, 0):.3f}", img_s=f"{img_s:.0f}")
+                say = bar.write if bar is not None else log
+                limit, t_eval = run.time_limit, time.perf_counter()
                 if step % s.eval_every == 0 or step == run.total_steps:
-                    validate_and_save(run, val_x, val_y, step, win, gnorm, bar.write if bar is not None else log)
+                    validate_and_save(run, val_x, val_y, step, win, gnorm, say)
                     last_saved, win = step, Window()
+                if limit is not None:  # --time-limit's calibration: time the steps, then set their count
+                    if step == limit.first_step:
+                        limit.t_first = time.perf_counter()
+                    elif step > limit.first_step:
+                        limit.eval_seconds += time.perf_counter() - t_eval
+                    if step == limit.last_step:
+                        set_steps_by_time(run, step, t_start, val_x, val_y, len(ds.test_labels), say)
+                        if bar is not None:
+                            bar.total = run.total_steps
+                            bar.refresh()
         except KeyboardInterrupt:
             status = "interrupted"
             if len(pressed) > 1:  # a second Ctrl-C, maybe in the middle of a step: its state is not saved
@@ -264,11 +360,13 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
                 bar.close()
     summary = {"status": status, "step": step, "total_steps": run.total_steps, "best_val_accuracy": run.best_val}
     if status == "done" and run_test:
-        r = evaluate_shared(run, ds.test_images, ds.test_labels)
+        r = evaluate_shared(run, ds.test_images, ds.test_labels, tta=s.tta)
+        flip = {k: r[k] for k in ("loss_flip", "accuracy_flip") if k in r}  # --tta flip, beside the plain figure
         run.log_metrics(step, "test", loss=r["loss"], accuracy=r["accuracy"], lr=run.lr(step),
-                        images_per_sec=len(ds.test_labels) / r["seconds"])
-        summary.update(test_accuracy=r["accuracy"], test_loss=r["loss"])
-        log(f"done: test accuracy {100 * r['accuracy']:.2f}% ({len(ds.test_labels)} images), best val accuracy "
+                        images_per_sec=len(ds.test_labels) / r["seconds"], **flip)
+        summary.update(test_accuracy=r["accuracy"], test_loss=r["loss"], **{f"test_{k}": v for k, v in flip.items()})
+        also = f" ({100 * flip['accuracy_flip']:.2f}% with flip averaging)" if flip else ""
+        log(f"done: test accuracy {100 * r['accuracy']:.2f}%{also} ({len(ds.test_labels)} images), best val accuracy "
             f"{100 * run.best_val:.2f}%, {step} steps in {time.perf_counter() - t_start:.0f} s; checkpoints in {out}/")
     return dict(summary, seconds=time.perf_counter() - t_start)
 
@@ -278,8 +376,11 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
     state). Returns (run, first step)."""
     out, model = Path(s.out), build_model(s, ds.num_classes)
     steps_per_epoch = max(n_train // s.batch_size, 1)
-    total_steps = s.steps if s.epochs is None else max(int(round(s.epochs * steps_per_epoch)), 1)
-    s.check_warmup(total_steps)
+    if s.time_limit is not None:  # set after the calibration steps (set_steps_by_time); a resumed run keeps it
+        total_steps = runs.recorded_total_steps(out) if resume else None
+    else:
+        total_steps = s.steps if s.epochs is None else max(int(round(s.epochs * steps_per_epoch)), 1)
+        s.check_warmup(total_steps)
     opt = optim.make_optimizer(s.optimizer, weight_decay=s.weight_decay,
                                **({"momentum": s.momentum} if s.optimizer == "sgd" else {}))
     opt_state, step, best_val = opt.init(model.params), 0, -1.0
@@ -293,14 +394,18 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
             raise FileNotFoundError(f"--resume: {out} has no resume point ({out / 'state.npz'} not found: the run "
                                     "stopped before it saved one); start it again without --resume")
         step, best_val = runs.load_state(out, model, opt_state, loss_scale)
-        log(f"resuming {out} at step {step} of {total_steps}")
+        of = total_steps if total_steps is not None else "the steps that fit (counted again: it stopped in its " \
+            "calibration)"
+        log(f"resuming {out} at step {step} of {of}")
     elif dist.is_main:
         (out / "state.npz").unlink(missing_ok=True)  # an earlier run's resume point in this folder is not ours
         runs.write_config(out, s.to_dict(), model, ds, train_images=n_train, val_images=n_val,
                           test_images=len(ds.test_labels), total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     metrics = runs.MetricsLog(out / "metrics.jsonl", step if resume else None, enabled=dist.is_main)
     log(describe(s, ds, model, n_train, n_val, total_steps, dist))
-    return Run(s, dist, model, opt, opt_state, metrics, total_steps, steps_per_epoch, best_val, loss_scale), step
+    limit = TimeLimit.start(s, step) if total_steps is None else None
+    return Run(s, dist, model, opt, opt_state, metrics, total_steps, steps_per_epoch, best_val, loss_scale,
+               limit), step
 
 
 def validate_and_save(run: Run, val_x, val_y, step: int, win: Window, gnorm: float, say) -> None:
@@ -325,7 +430,7 @@ def validate_and_save(run: Run, val_x, val_y, step: int, win: Window, gnorm: flo
                         run.loss_scale)
         if better:
             runs.save_extra_copy(out / "best.npz", run.model.params, step, out)
-    say(f"step {step}/{run.total_steps}  train loss {win.mean_loss:.4f}  val loss {r['loss']:.4f}"
+    say(f"step {step}/{run.total_steps or '?'}  train loss {win.mean_loss:.4f}  val loss {r['loss']:.4f}"
         f"  val acc {100 * r['accuracy']:.2f}%  {img_s:.0f} img/s")
 
 
@@ -333,10 +438,13 @@ def describe(s, ds, model, n_train, n_val, total_steps, dist) -> str:
     """The run's opening line: data sizes, geometry, parameter count, optimiser, batch, steps, device, ranks."""
     c = model.config
     ranks = f" over {dist.size} MPI ranks ({s.batch_size // dist.size} images each)" if dist.size > 1 else ""
+    steps = f"{total_steps} steps" if total_steps is not None else \
+        f"the steps that fit in --time-limit {s.time_limit:g} min (counted after the first " \
+        f"{min(CALIBRATION_STEPS, s.warmup_steps)} steps)"
     return (f"{ds.name}: {n_train} train / {n_val} val / {len(ds.test_labels)} test images, {ds.num_classes} classes; "
             f"model {c.image_size}px patch {c.patch_size} width {c.hidden_size} depth {c.num_layers} heads "
             f"{c.num_heads} mlp {c.mlp_dim} ({model.num_params():,} parameters); {s.optimizer} lr {s.lr} batch "
-            f"{s.batch_size} x {total_steps} steps on {s.device}{ranks}")
+            f"{s.batch_size} x {steps} on {s.device}{ranks}")
 
 
 def progress_bar(s, dist, total_steps, step):
