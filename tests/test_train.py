@@ -343,8 +343,9 @@ def test_readme_training_commands_resolve():
             continue
         words = shlex.split(line.split("#")[0])
         argv = words[words.index("scratchvit.train") + 1:]
-        if argv and argv[0].startswith("--") and "--resume" not in argv:  # not the layout table's mention
+        if (not argv or argv[0].startswith("--")) and "--resume" not in argv:  # not the layout table's mention
             commands.append(argv)
+    assert [] in commands, commands  # the Quickstart: no flags
     assert len(commands) >= 5, commands  # the quickstart, fine-tuning, own images, from scratch, MPI
     for argv in commands:
         s, resume = settings.resolve_settings(argv)
