@@ -52,6 +52,11 @@ from .settings import TrainSettings, resolve_settings
 from .step import LossScale, StepResult
 from .step import train_step as train_one_step
 
+# The first line of an fp16 run on the CPU (bench/RESULTS.md, "fp16 on the CPU", has the measurement).
+FP16_ON_CPU = ("--precision fp16 on the CPU: a GPU's numerics (float16 matrix products accumulated in float32), "
+               "not its speed: NumPy's float16 arithmetic outside the matrix products is slow, and a training step "
+               "takes several times as long as in fp32 (about 3x for the Quickstart's); fp16 pays on a GPU")
+
 
 def build_model(s: TrainSettings, num_classes: int):
     """A fresh ViT from --model and overrides, or one loaded from --checkpoint as the official fine-tuning
@@ -396,6 +401,8 @@ def main(argv=None) -> int:
     try:
         notes = []
         s, resume = resolve_settings(argv, description=__doc__, note=notes.append)
+        if s.precision == "fp16" and s.device == "cpu":
+            notes.append(FP16_ON_CPU)
         if s.device == "gpu":
             module_for("gpu")
         dist = distributed.init(s.distributed, s.mpi_timeout, s.device)
@@ -404,7 +411,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--batch-size {s.batch_size} is not divisible by {dist.size} MPI ranks x --accum-steps "
                              f"{s.accum_steps}")
         log = functools.partial(print, flush=True) if dist.is_main else (lambda *a, **k: None)
-        for line in notes:  # the run's first line: which preset runs when none was named
+        for line in notes:  # the run's first lines: which preset runs when none was named; fp16 on the CPU
             log(line)
         if s.lr_sweep and not resume:
             s = s.replace(lr=lr_sweep(s, log, dist), lr_sweep=None)
