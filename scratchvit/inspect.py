@@ -26,7 +26,6 @@ dataset, no matplotlib) prints one line on stderr and exits with code 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -34,17 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import DEVICES, device_of, namespace, to_numpy
-from .checks import check_positive_int
-from .data import DATASETS, Batches
+from .backend import device_of, namespace, to_numpy
+from .checks import InputError, check_positive_int
+from .data import Batches
 from .evaluate import open_dataset
 from .files import write_atomic, write_text_atomic
 from .model import ViT
 from .params import POSEMB
-from .plot import InputError as PlotInputError
 from .plot import _import_pyplot
-from .predict import InputError, _load_image
+from .predict import _load_image
 from .runs import run_gelu, run_info
+from .settings import InspectSettings, parse_settings
 
 N_COMPONENTS = 28  # principal components drawn, as Fig. 7 left
 GREY_DATASETS = ("mnist", "fashion-mnist")  # R = G = B: --filters auto shows the filters summed over RGB
@@ -256,7 +255,7 @@ def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, titl
         path: the PNG to write (atomically). title: appended to the figure's title.
 
     Raises:
-        plot.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
+        checks.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
     """
     plt = _import_pyplot()
     k = len(components)
@@ -290,7 +289,7 @@ def plot_position_similarity(sim: np.ndarray, path, title: str = "") -> None:
         sim: (g*g, g*g) from :func:`position_similarity`. path: the PNG (written atomically).
 
     Raises:
-        plot.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
+        checks.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
         ValueError: ``sim`` is not square over a square grid.
     """
     plt = _import_pyplot()
@@ -333,7 +332,7 @@ def plot_attention_distance(distance: np.ndarray, path, image_size: int, uniform
             patches: the mean distance between patch centres, :func:`patch_distances`).
 
     Raises:
-        plot.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
+        checks.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
     """
     plt = _import_pyplot()
     L, H = distance.shape
@@ -375,7 +374,7 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = Fa
         grey: PCA of the filters summed over the colour channels (``embedding_components(sum_channels=True)``).
 
     Raises:
-        plot.InputError: matplotlib is missing. ValueError: no images, or images the model refuses.
+        checks.InputError: matplotlib is missing. ValueError: no images, or images the model refuses.
         OSError: ``out`` cannot be written.
     """
     c = model.config
@@ -410,36 +409,10 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = Fa
     return doc
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The inspect CLI's arguments from ``argv`` (the command line if None); exits with status 2 and a
-    usage message on a bad one (argparse)."""
-    p = argparse.ArgumentParser(prog="python -m scratchvit.inspect", description=__doc__.split("\n\n")[0])
-    p.add_argument("files", nargs="*", metavar="IMAGE", help="image files (any format Pillow reads), "
-                                                              "instead of --dataset")
-    p.add_argument("--checkpoint", required=True, help="an .npz checkpoint (official layout)")
-    p.add_argument("--out", required=True, help="folder for the three PNGs and inspect.json (created if missing)")
-    p.add_argument("--dataset", choices=DATASETS, help="take the images from this dataset's test split")
-    p.add_argument("--data-dir", help="where the dataset files are (default: system copy / data/)")
-    p.add_argument("--images", type=int, default=128,
-                   help="use the first N images (default: 128, as the paper's Appendix D.7)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--image-size", type=int, help="run the model at this input side, pixels (the position "
-                                                  "embedding is resized bilinearly; default: the checkpoint's)")
-    p.add_argument("--gelu", choices=("tanh", "erf"), help="GELU form of the weights (default: the run's "
-                                                          "config.json next to the checkpoint, else tanh)")
-    p.add_argument("--filters", choices=("auto", "rgb", "grey"), default="auto",
-                   help="PCA of the RGB patch-embedding filters, or of the filters summed over the colour channels "
-                        "(grey: all that acts on grey images); default auto: grey for a model of mnist or "
-                        "fashion-mnist (--dataset, else the run's config.json), rgb otherwise")
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="default: cpu")
-    args = p.parse_args(argv)
-    if bool(args.dataset) == bool(args.files):
-        p.error("give either --dataset or image files (one of them)")
-    for name in ("images", "batch_size", "image_size"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    return args
+def parse_args(argv=None) -> InspectSettings:
+    """The inspect CLI's settings (:class:`scratchvit.settings.InspectSettings`) from ``argv`` (the command
+    line if None); exits with status 2 and a usage message on a bad one (argparse)."""
+    return parse_settings(InspectSettings, argv, "python -m scratchvit.inspect", __doc__.split("\n\n")[0])
 
 
 def main(argv=None) -> int:
@@ -485,7 +458,7 @@ def main(argv=None) -> int:
                 doc = inspect_model(model, (x for _, x, _ in batches), out, settings, grey=grey)
         except (ValueError, OSError) as e:
             raise InputError(str(e)) from e
-    except (InputError, PlotInputError) as e:
+    except InputError as e:
         print(f"inspect: error: {e}", file=sys.stderr)
         return 2
     d = np.asarray(doc["attention_distance"]["mean_attention_distance"])

@@ -1,19 +1,23 @@
 """Train or fine-tune a ViT: ``python -m scratchvit.train`` (``mpiexec -n N ...`` for data parallelism).
 
-Defaults follow the paper's fine-tuning recipe (Dosovitskiy et al., 2021, Appendix B.1.1, and the
-official vit_jax ``configs/common.py``): SGD with momentum 0.9, no weight decay, global-norm
-clipping at 1, linear warmup then cosine decay, batch 512 (reach it with --accum-steps on a small
-machine), 2% of the training set held out for validation.
+Without --config it runs the fashion-mnist preset, the Quickstart (a small ViT from scratch on
+Fashion-MNIST, about 10 minutes on a 2-core CPU), and its first line says so. A setting that a preset
+leaves out takes the default shown by --help, the paper's fine-tuning recipe (Dosovitskiy et al., 2021,
+Appendix B.1.1, and the official vit_jax ``configs/common.py``): SGD with momentum 0.9, no weight
+decay, global-norm clipping at 1, linear warmup then cosine decay, batch 512 (reach it with
+--accum-steps on a small machine), 2% of the training set held out for validation.
 
 Examples:
-    # a small ViT from scratch on Fashion-MNIST (the quickstart preset; minutes on a laptop CPU)
-    python -m scratchvit.train --config fashion-mnist --out runs/fmnist
+    # the Quickstart: the fashion-mnist preset (add --device gpu for a GPU)
+    python -m scratchvit.train
+    # the same into another folder, for 20 epochs
+    python -m scratchvit.train --config fashion-mnist --epochs 20 --out runs/fmnist
     # fine-tune the official ImageNet-21k ViT-B/16 on CIFAR-10 at 384 px, as the paper
     python -m scratchvit.train --config cifar10-finetune --checkpoint ViT-B_16.npz --device gpu
     # carry on a stopped run
     python -m scratchvit.train --out runs/fmnist --resume
     # the same global batch over 2 processes (MPI, pip install 'scratchvit[mpi]')
-    mpiexec -n 2 python -m scratchvit.train --config fashion-mnist
+    mpiexec -n 2 python -m scratchvit.train
 
 A run writes to --out: config.json (every setting), metrics.jsonl (one JSON object per line),
 last.npz and best.npz (official checkpoint layout), state.npz (the resume point: parameters,
@@ -47,6 +51,11 @@ from .model import ViT
 from .settings import TrainSettings, resolve_settings
 from .step import LossScale, StepResult
 from .step import train_step as train_one_step
+
+# The first line of an fp16 run on the CPU (bench/RESULTS.md, "fp16 on the CPU", has the measurement).
+FP16_ON_CPU = ("--precision fp16 on the CPU: a GPU's numerics (float16 matrix products accumulated in float32), "
+               "not its speed: NumPy's float16 arithmetic outside the matrix products is slow, and a training step "
+               "takes several times as long as in fp32 (about 3x for the Quickstart's); fp16 pays on a GPU")
 
 
 def build_model(s: TrainSettings, num_classes: int):
@@ -486,8 +495,8 @@ def lr_sweep(s: TrainSettings, log=print, dist=None) -> float:
 
 
 def main(argv=None) -> int:
-    """``python -m scratchvit.train``: settings from ``argv`` (the command line if None), then the sweep
-    (--lr-sweep), the run and the test pass.
+    """``python -m scratchvit.train``: settings from ``argv`` (the command line if None; without --config the
+    fashion-mnist preset, which the first line names), then the sweep (--lr-sweep), the run and the test pass.
 
     Returns:
         the exit status: 0 done; 2 a setting, file or dataset that cannot work, --resume without a resume
@@ -498,7 +507,10 @@ def main(argv=None) -> int:
     """
     cpu.configure()
     try:
-        s, resume = resolve_settings(argv, description=__doc__)
+        notes = []
+        s, resume = resolve_settings(argv, description=__doc__, note=notes.append)
+        if s.precision == "fp16" and s.device == "cpu":
+            notes.append(FP16_ON_CPU)
         if s.device == "gpu":
             module_for("gpu")
         dist = distributed.init(s.distributed, s.mpi_timeout, s.device)
@@ -507,6 +519,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--batch-size {s.batch_size} is not divisible by {dist.size} MPI ranks x --accum-steps "
                              f"{s.accum_steps}")
         log = functools.partial(print, flush=True) if dist.is_main else (lambda *a, **k: None)
+        for line in notes:  # the run's first lines: which preset runs when none was named; fp16 on the CPU
+            log(line)
         if s.lr_sweep and not resume:
             s = s.replace(lr=lr_sweep(s, log, dist), lr_sweep=None)
         summary = train(s, resume, log=log, dist=dist)

@@ -79,7 +79,9 @@ def test_train_end_to_end(fmnist_dir, tmp_path, capsys):
     assert cfg["settings"]["optimizer"] == "adamw" and cfg["total_steps"] == 24
     model = sv.ViT.from_checkpoint(out / "best.npz")
     assert model.config.num_classes == 10 and model.config.image_size == 16
-    assert "test accuracy" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "test accuracy" in text
+    assert text.splitlines()[0].startswith("no --config given: running the fashion-mnist preset")  # no --config
 
 
 def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
@@ -226,9 +228,40 @@ def test_presets_load_and_validate(preset):
                 s.warmup_steps, s.steps, s.schedule) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
 
 
+def test_no_config_is_the_fashion_mnist_preset():
+    """`python -m scratchvit.train` with no --config is the Quickstart preset, flags on top as on any preset;
+    the note (the run's first line) is given once for a new run, not for a named preset or a resume."""
+    notes = []
+    s, resume = settings.resolve_settings([], note=notes.append)
+    assert s == settings.resolve_settings(["--config", "fashion-mnist"])[0] and not resume
+    assert len(notes) == 1 and "fashion-mnist preset" in notes[0] and "cifar10-finetune" in notes[0]
+    s, _ = settings.resolve_settings(["--device", "gpu", "--epochs", "2"], note=notes.append)
+    assert (s.device, s.epochs, s.dataset, s.hidden_size) == ("gpu", 2, "fashion-mnist", 128) and len(notes) == 2
+    settings.resolve_settings(["--config", "cifar10-finetune"], note=notes.append)
+    assert len(notes) == 2
+    assert settings.TrainSettings().optimizer == "sgd"  # the API's defaults: the base under every preset
+
+
+def test_settings_groups_are_named(capsys):
+    for f in dataclasses.fields(settings.TrainSettings):
+        assert f.metadata["group"] in settings.GROUPS, f.name
+    with pytest.raises(ValueError, match="unknown group 'optimiser'"):
+        settings.setting(0, "optimiser", "a typo in a group's name")
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(f"{g}:" in text for g in settings.GROUPS)
+
+
+def test_one_input_error_for_every_tool():
+    from scratchvit import checks, inspect, plot, predict
+
+    assert predict.InputError is plot.InputError is inspect.InputError is checks.InputError
+
+
 def test_every_cli_offers_the_same_choices():
-    """train, evaluate and predict build their parsers from the settings dataclasses: a flag they share has
-    the same choices and help, and the choices are the one tuple each (devices, datasets, GELU forms)."""
+    """train, evaluate, predict, inspect and plot build their parsers from the settings dataclasses: a flag they
+    share has the same choices and help, and the choices are the one tuple each (devices, datasets, GELU forms)."""
     from scratchvit.backend import DEVICES
     from scratchvit.data import AUGMENTS, DATASETS
     from scratchvit.ops.gelu import GELU_FORMS
@@ -239,9 +272,12 @@ def test_every_cli_offers_the_same_choices():
     tr = actions(settings.build_parser())
     ev = actions(settings.cli_parser(settings.EvaluateSettings))
     pr = actions(settings.cli_parser(settings.PredictSettings))
-    assert tr["device"].choices is ev["device"].choices is pr["device"].choices is DEVICES
-    assert tr["dataset"].choices is ev["dataset"].choices is DATASETS
-    assert tr["gelu"].choices is ev["gelu"].choices is GELU_FORMS and tr["augment"].choices is AUGMENTS
+    ins = actions(settings.cli_parser(settings.InspectSettings))
+    assert tr["device"].choices is ev["device"].choices is pr["device"].choices is ins["device"].choices is DEVICES
+    assert tr["dataset"].choices is ev["dataset"].choices is ins["dataset"].choices is DATASETS
+    assert tr["gelu"].choices is ev["gelu"].choices is ins["gelu"].choices is GELU_FORMS
+    assert tr["augment"].choices is AUGMENTS and ins["data_dir"].help == tr["data_dir"].help
+    assert actions(settings.cli_parser(settings.PlotSettings))["runs"].nargs == "+"
     assert ev["dtype"].help == tr["dtype"].help and ev["checkpoint"].required and pr["checkpoint"].required
     with pytest.raises(SystemExit):
         settings.parse_settings(settings.EvaluateSettings, ["--checkpoint", "x.npz", "--dataset", "mnist",
@@ -307,8 +343,9 @@ def test_readme_training_commands_resolve():
             continue
         words = shlex.split(line.split("#")[0])
         argv = words[words.index("scratchvit.train") + 1:]
-        if argv and argv[0].startswith("--") and "--resume" not in argv:  # not the layout table's mention
+        if (not argv or argv[0].startswith("--")) and "--resume" not in argv:  # not the layout table's mention
             commands.append(argv)
+    assert [] in commands, commands  # the Quickstart: no flags
     assert len(commands) >= 5, commands  # the quickstart, fine-tuning, own images, from scratch, MPI
     for argv in commands:
         s, resume = settings.resolve_settings(argv)
