@@ -28,8 +28,11 @@ strided slice x[:, ::s, ::s] times K.
 
 Two forms: the plain form (:func:`conv2d_forward_plain`, array API 2023.12: CuPy, any namespace, float16)
 builds cols by concatenating the kh*kw strided slices of the padded input (the array API has no
-``as_strided``); the NumPy fast form (float32/float64 NumPy) copies the same slices into one preallocated
-buffer and scatters dcols back in place. Both run one matrix product per direction.
+``as_strided``); the NumPy fast form (float32/float64 NumPy) copies all windows at once from a strided view
+(NHWC keeps each window row's kw*C numbers consecutive, so the inner runs are long even for C = 3) and
+scatters dcols straight into the unpadded gradient, one slice addition per kernel offset (the part of
+the slice that falls on the padding is skipped: no padded buffer to cut and copy). Both run one matrix
+product per direction.
 """
 from __future__ import annotations
 
@@ -75,6 +78,18 @@ def _geometry(x, kernel, stride, padding):
 def _is_pointwise(geo):
     (kh, kw, _), _, _, pads = geo[1], geo[2], geo[3], geo[4]
     return kh == 1 and kw == 1 and not any(pads)
+
+
+def clipped(i: int, stride: int, pad_low: int, size: int, n_out: int) -> tuple[slice, slice]:
+    """Kernel offset ``i`` along one axis, without the padding: (outputs whose input index r*stride + i - pad_low
+    falls inside [0, size), those input indices) as two slices. For scattering gradients straight into an
+    unpadded array (the padding's share is dropped, as cutting it away would)."""
+    r0 = max(0, -(-(pad_low - i) // stride))
+    r1 = min(n_out, (size - 1 + pad_low - i) // stride + 1)
+    if r1 <= r0:
+        return slice(0, 0), slice(0, 0)
+    h0 = r0 * stride + i - pad_low
+    return slice(r0, r1), slice(h0, h0 + stride * (r1 - r0 - 1) + 1, stride)
 
 
 def _window(i, j, geo):
@@ -145,11 +160,12 @@ def _conv2d_forward_numpy(x, kernel, bias, stride, padding):
             xpad[:, pt:pt + H, pl:pl + W, :] = x
         else:
             xpad = x
-        cols = np.empty((B, Ho, Wo, kh, kw, C), dtype=x.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, :, :, i, j, :] = xpad[_window(i, j, geo)]
-        cols = cols.reshape(-1, kh * kw * C)
+        # im2col in one copy: in NHWC the (j, c) part of a window row is kw*C consecutive numbers, so every
+        # window is a (kh, kw*C) strided view of the padded input (a sliding window, as_strided)
+        sb, sh, sw, sc = xpad.strides
+        windows = np.lib.stride_tricks.as_strided(xpad, shape=(B, Ho, Wo, kh, kw * C),
+                                                  strides=(sb, s * sh, s * sw, sh, sc), writeable=False)
+        cols = np.ascontiguousarray(windows).reshape(-1, kh * kw * C)
     y = cols @ kernel.reshape(kh * kw * C, Co)
     if bias is not None:
         y += bias
@@ -171,14 +187,15 @@ def _conv2d_backward_numpy(dy, cache, need_dx=True):
         dx = np.zeros((B, H, W, C), dtype=dy.dtype)
         dx[:, ::s, ::s, :] = dcols.reshape(B, Ho, Wo, C)
         return dx, dkernel, dbias
-    dxpad = np.zeros((B, H + pt + pb, W + pl + pr, C), dtype=dy.dtype)
+    # col2im straight into the unpadded gradient: each offset adds the part of its slice that lands inside
+    dx = np.zeros((B, H, W, C), dtype=dy.dtype)
     dcols = dcols.reshape(B, Ho, Wo, kh, kw, C)
     for i in range(kh):
+        out_r, in_r = clipped(i, s, pt, H, Ho)
         for j in range(kw):
-            dxpad[_window(i, j, geo)] += dcols[:, :, :, i, j, :]
-    if pt or pb or pl or pr:
-        return np.ascontiguousarray(dxpad[:, pt:pt + H, pl:pl + W, :]), dkernel, dbias
-    return dxpad, dkernel, dbias
+            out_q, in_q = clipped(j, s, pl, W, Wo)
+            dx[:, in_r, in_q, :] += dcols[:, out_r, out_q, i, j, :]
+    return dx, dkernel, dbias
 
 
 # ------------------------------------------------------------------ public pair

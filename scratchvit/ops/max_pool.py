@@ -14,14 +14,19 @@ gradient, the others none. (XLA's ``select_and_scatter`` with a ``>=`` selector,
 gradient, keeps the first of equal values the same way.)
 
 The k*k window offsets are visited in raster order; a running maximum is replaced only where a later
-offset is strictly larger, and the winning offset is kept in an int8 map (the cache). One form: the
-plain array-API one (CuPy, any namespace, float16), k*k whole-array passes forward and backward; on the
-CPU the pool's cost is small next to the convolutions around it.
+offset is strictly larger, and the winning offset is kept in an int8 map (the cache). Two forms, the same
+k*k whole-array passes: the plain form (:func:`max_pool_forward_plain`, array API 2023.12: CuPy, any
+namespace, float16) with ``where``; the NumPy fast form (float32/float64 NumPy) updates the running
+maximum, the map and the padded gradient in place, the selections written as arithmetic with the 0/1
+masks (NumPy's masked ``where=`` copies are several times slower), no new array per offset.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import device_of, dtype_of, namespace
-from .conv2d import conv_output_size
+from .conv2d import clipped, conv_output_size
+from .dense import fast_form
 
 
 def _geometry(x, window, stride):
@@ -40,21 +45,8 @@ def _slices(i, j, stride, Ho, Wo):
             slice(None))
 
 
-def max_pool_forward(x, window: int = 3, stride: int = 2):
-    """y = the maximum of each ``window`` x ``window`` window at ``stride``, 'SAME' padding with -inf
-    (Flax ``nn.max_pool``; vit_jax's hybrid root, paper Sec. 3.1).
-
-    Args:
-        x: (B, H, W, C) float16/float32/float64, any array-API namespace.
-        window: k, the window side (3 in vit_jax); stride: s (2 in vit_jax).
-
-    Returns:
-        y (B, ceil(H/s), ceil(W/s), C), x's dtype, and the cache for :func:`max_pool_backward`: the int8
-        map (B, Ho, Wo, C) of each output's winning offset i * k + j (ties: the first in raster order).
-
-    Raises:
-        ValueError: x not 4-D, or a window over 11 x 11.
-    """
+def max_pool_forward_plain(x, window: int = 3, stride: int = 2):
+    """Plain form (array API) of :func:`max_pool_forward`."""
     xp = namespace(x)
     (B, H, W, C), (Ho, Wo), (pt, pb, pl, pr) = _geometry(x, window, stride)
     xpad = xp.full((B, H + pt + pb, W + pl + pr, C), -float("inf"), dtype=x.dtype, device=device_of(x))
@@ -70,18 +62,8 @@ def max_pool_forward(x, window: int = 3, stride: int = 2):
     return y, (arg, window, stride, (B, H, W, C))
 
 
-def max_pool_backward(dy, cache):
-    """Gradient of :func:`max_pool_forward`: each window's dy added at its winning element (module docstring).
-
-    Args:
-        dy: (B, Ho, Wo, C).
-
-    Returns:
-        dx (B, H, W, C), dy's dtype.
-
-    Raises:
-        TypeError / ValueError: ``dy`` of another library / device than the cache.
-    """
+def max_pool_backward_plain(dy, cache):
+    """Plain form (array API) of :func:`max_pool_backward`."""
     arg, window, stride, (B, H, W, C) = cache
     xp = namespace(dy, arg)
     Ho, Wo = arg.shape[1], arg.shape[2]
@@ -95,6 +77,74 @@ def max_pool_backward(dy, cache):
     return dxpad[:, pt:pt + H, pl:pl + W, :]
 
 
-# One form: the plain form is the public function (the names the form tests look up).
-max_pool_forward_plain = max_pool_forward
-max_pool_backward_plain = max_pool_backward
+def _max_pool_forward_numpy(x, window, stride):
+    (B, H, W, C), (Ho, Wo), (pt, pb, pl, pr) = _geometry(x, window, stride)
+    xpad = np.full((B, H + pt + pb, W + pl + pr, C), -np.inf, dtype=x.dtype)
+    xpad[:, pt:pt + H, pl:pl + W, :] = x
+    y = xpad[_slices(0, 0, stride, Ho, Wo)].copy()
+    arg = np.zeros((B, Ho, Wo, C), dtype=np.int8)
+    better = np.empty((B, Ho, Wo, C), dtype=bool)
+    step = np.empty((B, Ho, Wo, C), dtype=np.int8)
+    for o in range(1, window * window):
+        v = xpad[_slices(o // window, o % window, stride, Ho, Wo)]
+        np.greater(v, y, out=better)  # strictly: on a tie the earlier offset keeps the maximum
+        np.maximum(y, v, out=y)
+        # arg = o where better, else arg; as arithmetic (masked copies are several times slower in NumPy)
+        np.subtract(o, arg, out=step)
+        np.multiply(step, better, out=step)
+        arg += step
+    return y, (arg, window, stride, (B, H, W, C))
+
+
+def _max_pool_backward_numpy(dy, cache):
+    arg, window, stride, (B, H, W, C) = cache
+    Ho, Wo = arg.shape[1], arg.shape[2]
+    _, pt, pb = conv_output_size(H, window, stride, "SAME")
+    _, pl, pr = conv_output_size(W, window, stride, "SAME")
+    dx = np.zeros((B, H, W, C), dtype=dy.dtype)  # no padded buffer: a padded cell never wins
+    won = np.empty(arg.shape, dtype=bool)
+    part = np.empty(dy.shape, dtype=dy.dtype)
+    for o in range(window * window):
+        out_r, in_r = clipped(o // window, stride, pt, H, Ho)
+        out_q, in_q = clipped(o % window, stride, pl, W, Wo)
+        np.equal(arg, o, out=won)
+        np.multiply(dy, won, out=part)
+        dx[:, in_r, in_q, :] += part[:, out_r, out_q, :]
+    return dx
+
+
+def max_pool_forward(x, window: int = 3, stride: int = 2):
+    """y = the maximum of each ``window`` x ``window`` window at ``stride``, 'SAME' padding with -inf
+    (Flax ``nn.max_pool``; vit_jax's hybrid root, paper Sec. 3.1).
+
+    Args:
+        x: (B, H, W, C) float16/float32/float64, any array-API namespace.
+        window: k, the window side (3 in vit_jax); stride: s (2 in vit_jax).
+
+    Returns:
+        y (B, ceil(H/s), ceil(W/s), C), x's dtype, and the cache for :func:`max_pool_backward`: the int8
+        map (B, Ho, Wo, C) of each output's winning offset i * k + j (ties: the first in raster order).
+
+    Raises:
+        ValueError: x not 4-D, or a window over 11 x 11.
+    """
+    if fast_form(namespace(x), x):
+        return _max_pool_forward_numpy(x, window, stride)
+    return max_pool_forward_plain(x, window, stride)
+
+
+def max_pool_backward(dy, cache):
+    """Gradient of :func:`max_pool_forward`: each window's dy added at its winning element (module docstring).
+
+    Args:
+        dy: (B, Ho, Wo, C).
+
+    Returns:
+        dx (B, H, W, C), dy's dtype.
+
+    Raises:
+        TypeError / ValueError: ``dy`` of another library / device than the cache.
+    """
+    if fast_form(namespace(dy, cache[0]), dy):
+        return _max_pool_backward_numpy(dy, cache)
+    return max_pool_backward_plain(dy, cache)
