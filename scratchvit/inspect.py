@@ -9,7 +9,9 @@ writes to ``--out``:
 * ``embedding_filters.png``: the first 28 principal components of the patch-embedding filters
   (``embedding/kernel``, (P, P, 3, D): PCA over the D filters, each a P x P x 3 patch; Fig. 7 left;
   for a model of grey images, MNIST or Fashion-MNIST, the filters summed over the 3 channels, the
-  part that acts on R = G = B inputs: ``--filters``);
+  part that acts on R = G = B inputs: ``--filters``). A hybrid (paper Sec. 3.1) has no filters on
+  pixels in its patch embedding, which convolves the ResNet's feature map: the panel shows the
+  ResNet root's 7x7 filters instead (``conv_root/kernel``, standardised as its StdConv applies them);
 * ``position_similarity.png``: the cosine similarity of each patch position's position embedding
   with every other one, one small grid per position, one colour scale (Fig. 7 centre);
 * ``attention_distance.png``: the mean attention distance in pixels of every head against depth
@@ -39,6 +41,7 @@ from .data import Batches
 from .evaluate import open_dataset
 from .files import write_atomic, write_text_atomic
 from .model import ViT
+from .ops.weight_standardize import weight_standardize_forward
 from .params import POSEMB
 from .plot import _import_pyplot
 from .predict import _load_image
@@ -226,7 +229,7 @@ def mean_attention_distance(model: ViT, inputs):
     n = 0
     for x in inputs:
         for i, a in enumerate(model.attention_probabilities(x)):
-            dist, share = attention_distance(a, c.patch_size, c.classifier)
+            dist, share = attention_distance(a, c.effective_patch_size, c.classifier)
             dist_sum[i] += dist.sum(axis=0)
             if share is not None:
                 share_sum[i] += share.sum(axis=0)
@@ -244,7 +247,8 @@ def _save(fig, plt, path) -> None:
         plt.close(fig)
 
 
-def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, title: str = "") -> None:
+def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, title: str = "",
+                           name: str = "Patch-embedding filters") -> None:
     """Draw the principal components of the patch-embedding filters (Fig. 7 left) to the PNG ``path``.
 
     Args:
@@ -252,7 +256,8 @@ def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, titl
             [0, 1] on its own (RGB for C = 3, grey otherwise: e.g. filters summed over the channels), 7 to
             a row.
         ratio: (k,) explained variance ratios, shown in percent above each component.
-        path: the PNG to write (atomically). title: appended to the figure's title.
+        path: the PNG to write (atomically). title: appended to the figure's title. name: what the
+            filters are (a hybrid's ResNet root filters: :func:`inspect_model`).
 
     Raises:
         checks.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
@@ -274,7 +279,7 @@ def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, titl
         ax.set_title(f"PC {i + 1}: {100 * ratio[i]:.1f}%", fontsize=8)
     p = components.shape[1]
     what = "RGB" if components.shape[-1] == 3 else "summed over RGB"
-    fig.suptitle(f"Patch-embedding filters: first {k} principal components\n({p}x{p} px, {what}; "
+    fig.suptitle(f"{name}: first {k} principal components\n({p}x{p} px, {what}; "
                  f"% of the filters' variance){title}", fontsize=10)
     fig.tight_layout()
     _save(fig, plt, path)
@@ -378,20 +383,29 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = Fa
         OSError: ``out`` cannot be written.
     """
     c = model.config
-    comps, var, ratio = embedding_components(model.params["embedding/kernel"], sum_channels=grey)
+    if c.resnet is None:
+        kernel, name = model.params["embedding/kernel"], "Patch-embedding filters"
+        method = "PCA over the D filters (each P*P*C values), centred, SVD"
+    else:  # a hybrid's embedding sees the feature map: the filters on pixels are the ResNet root's
+        kernel, _ = weight_standardize_forward(np.asarray(to_numpy(model.params["conv_root/kernel"]), np.float64))
+        name = "Hybrid: ResNet root filters (conv_root, standardised)"
+        method = ("hybrid (paper Sec. 3.1): the patch embedding convolves the ResNet's feature map, so the panel "
+                  "shows the root's 7x7 StdConv filters (conv_root/kernel, weight-standardised); PCA over its "
+                  "filters (each 7*7*3 values), centred, SVD")
+    comps, var, ratio = embedding_components(kernel, sum_channels=grey)
     sim = position_similarity(model.params[POSEMB], c.classifier)
     distance, share, n = mean_attention_distance(model, inputs)
-    g = c.image_size // c.patch_size
-    uniform = float(patch_distances(g, c.patch_size).mean())
-    plot_embedding_filters(comps, ratio, out / FILES[0])
+    g = c.grid_size
+    uniform = float(patch_distances(g, c.effective_patch_size).mean())
+    plot_embedding_filters(comps, ratio, out / FILES[0], name=name)
     plot_position_similarity(sim, out / FILES[1])
     plot_attention_distance(distance, out / FILES[2], c.image_size, uniform=uniform,
                             title=f"; {n} image{'s' if n != 1 else ''}")
     doc = {
         "settings": {**settings, "images": n, "model_config": c.to_dict()},
         "embedding_filters": {
-            "kernel_shape": list(model.params["embedding/kernel"].shape),
-            "method": "PCA over the D filters (each P*P*C values), centred, SVD",
+            "kernel_shape": list(kernel.shape),
+            "method": method,
             "filters": "summed over the colour channels (grey inputs)" if grey else "RGB",
             "explained_variance": var.tolist(), "explained_variance_ratio": ratio.tolist()},
         "position_similarity": {

@@ -86,7 +86,13 @@ class TrainSettings:
     model: str = setting("ViT-B_16", MODEL, f"geometry name; one of {', '.join(MODELS)}")
     image_size: int = setting(None, MODEL, "input side in pixels; images are resized to it (None: the model's, or the "
                               "checkpoint's)")
-    patch_size: int = setting(None, MODEL, "patch side in pixels (None: the model's)")
+    patch_size: int = setting(None, MODEL, "patch side in pixels, in feature-map cells for a hybrid (None: the "
+                              "model's)")
+    resnet: str = setting(None, MODEL, "the hybrid's ResNet (paper Sec. 3.1): bottleneck units per stage, "
+                          "comma-separated (3,4,9 as R50+ViT-B_16); root: the root alone (7x7/2 conv, group norm, "
+                          "ReLU, 3x3/2 max pool); none: a plain ViT (None: the model's)")
+    resnet_width: float = setting(None, MODEL, "the hybrid ResNet's width factor: int(64 x this) root channels, a "
+                                  "multiple of 32 (None: the model's, or 1)")
     hidden_size: int = setting(None, MODEL, "token width D (None: the model's)")
     num_layers: int = setting(None, MODEL, "encoder blocks (None: the model's)")
     num_heads: int = setting(None, MODEL, "attention heads (None: the model's)")

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from . import cpu, distributed, optim, runs
 from .backend import module_for
 from .checkpoint import load_checkpoint
-from .configs import get_config
+from .configs import ResNetConfig, get_config
 from .data import Batches, split_train_val
 from .evaluate import evaluate, open_dataset
 from .files import WriteError, write_error, write_text_atomic
@@ -77,9 +77,38 @@ def regularisers(s: TrainSettings) -> dict:
 
 def model_config(s: TrainSettings, num_classes: int = 1):
     """The geometry of a fresh model from --model and its overrides (raises ValueError on a bad one)."""
-    return get_config(s.model, image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.hidden_size,
+    base = resnet_override(get_config(s.model), s.resnet, s.resnet_width)
+    return get_config(base, image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.hidden_size,
                       num_layers=s.num_layers, num_heads=s.num_heads, mlp_dim=s.mlp_dim, classifier=s.classifier,
                       gelu=s.gelu, num_classes=num_classes, representation_size=None, **regularisers(s))
+
+
+def resnet_override(config, resnet: str | None, width: float | None):
+    """``config`` with the ResNet of --resnet ("3,4,9", "root" or "none") and --resnet-width (None: keep).
+
+    Raises:
+        ValueError: --resnet not a comma-separated list of positive integers, "root" or "none"; a width
+            without a ResNet; a geometry that does not fit (see :class:`~scratchvit.configs.ViTConfig`).
+    """
+    current = config.resnet
+    if resnet is not None:
+        text = resnet.strip().lower()
+        if text == "none":
+            if width is not None:
+                raise ValueError("--resnet-width needs a ResNet, but --resnet is none")
+            # the same tokens without the ResNet: patches of its stride in pixels (16 for R50+ViT-B_16)
+            return dataclasses.replace(config, resnet=None, patch_size=config.effective_patch_size)
+        try:
+            layers = () if text == "root" else tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"--resnet must be units per stage like 3,4,9, or root, or none; got {resnet!r}") from None
+        current = ResNetConfig(layers, current.width_factor if current is not None else 1)
+    if width is not None:
+        if current is None:
+            raise ValueError("--resnet-width needs a ResNet: this model has none (add --resnet, e.g. root)")
+        current = ResNetConfig(current.num_layers, int(width) if float(width).is_integer() else width)
+    return dataclasses.replace(config, resnet=current)
+
 
 
 def input_size(s: TrainSettings) -> int:
@@ -451,9 +480,17 @@ def describe(s, ds, model, n_train, n_val, total_steps, dist) -> str:
         f"the steps that fit in --time-limit {s.time_limit:g} min (counted after the first " \
         f"{min(CALIBRATION_STEPS, s.warmup_steps)} steps)"
     return (f"{ds.name}: {n_train} train / {n_val} val / {len(ds.test_labels)} test images, {ds.num_classes} classes; "
-            f"model {c.image_size}px patch {c.patch_size} width {c.hidden_size} depth {c.num_layers} heads "
-            f"{c.num_heads} mlp {c.mlp_dim} ({model.num_params():,} parameters); {s.optimizer} lr {s.lr} batch "
+            f"model {c.image_size}px {hybrid_words(c)}patch {c.patch_size} width {c.hidden_size} depth {c.num_layers} "
+            f"heads {c.num_heads} mlp {c.mlp_dim} ({model.num_params():,} parameters); {s.optimizer} lr {s.lr} batch "
             f"{s.batch_size} x {steps} on {s.device}{ranks}")
+
+
+def hybrid_words(c) -> str:
+    """"ResNet root 64ch + " / "ResNet (3, 4, 9) width 64 + " for a hybrid's opening line, "" for a ViT."""
+    if c.resnet is None:
+        return ""
+    what = "root" if not c.resnet.num_layers else str(c.resnet.num_layers)
+    return f"ResNet {what} width {c.resnet.width} -> {c.feature_size}x{c.feature_size} map, "
 
 
 def progress_bar(s, dist, total_steps, step):

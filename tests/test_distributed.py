@@ -230,3 +230,16 @@ def test_two_gpu_ranks_reduce_with_nccl(fmnist_dir, tmp_path):  # noqa: F811
     r = launch(2, data_args(fmnist_dir, tmp_path / "two", *extra))
     assert r.returncode == 0, r.stderr
     assert_params_close(tmp_path / "one" / "last.npz", tmp_path / "two" / "last.npz", 1e-12)
+
+
+@needs_mpi
+def test_two_ranks_equal_one_process_for_a_hybrid(fmnist_dir, tmp_path):  # noqa: F811
+    """The hybrid (paper Sec. 3.1; root and one stage, group norms per image) trains on 2 ranks as in one
+    process: its group-norm statistics are per image, so a rank's rows need nothing from the other's."""
+    extra = ("--steps", "4", "--dtype", "float64", "--accum-steps", "2", "--resnet", "1", "--resnet-width", "0.5",
+             "--patch-size", "1")
+    assert train.main(data_args(fmnist_dir, tmp_path / "one", *extra)) == 0
+    r = launch(2, data_args(fmnist_dir, tmp_path / "two", *extra))
+    assert r.returncode == 0, r.stderr
+    assert "over 2 MPI ranks (8 images each)" in r.stdout and "ResNet (1,)" in r.stdout
+    assert_params_close(tmp_path / "one" / "last.npz", tmp_path / "two" / "last.npz", 1e-12)

@@ -195,3 +195,60 @@ def test_a_host_array_slipped_into_the_step_raises(rng):
     grads = {k: np.zeros(tuple(v.shape)) for k, v in dev.params.items()}
     with pytest.raises((TypeError, ValueError)):
         opt.update(dev.params, grads, state, 0.1)
+
+
+# ------------------------------------------------------------------ the hybrid (paper Sec. 3.1) on the device
+def hybrid_config(classifier="token", rep=None):
+    """16 px -> root (32 channels) -> 4x4 -> block1 (128) -> block2 (stride 2, 256) -> 2x2 map, patch 1."""
+    return sv.get_config("ViT-Ti_16", image_size=16, patch_size=1, hidden_size=16, num_heads=2, num_layers=1,
+                         mlp_dim=32, num_classes=5, classifier=classifier, representation_size=rep,
+                         resnet=dict(num_layers=(1, 1), width_factor=0.5))
+
+
+@pytest.mark.parametrize("name", ["hybrid_stem", "hybrid_stages"])
+def test_official_hybrid_reference_cases(name):
+    """The vit_jax hybrid cases on the device, to the NumPy tolerances (logits, loss 1e-10; gradients 1e-9)."""
+    from conftest import load_reference
+
+    params, ref_grads, d = load_reference(name)
+    model = sv.ViT(sv.checkpoint.infer_config(params), dtype="float64", params=params, device="strict")
+    np.testing.assert_allclose(to_host(model.forward(d["images"])), d["logits"], rtol=0, atol=1e-10)
+    loss, grads = model.loss_and_grads(d["images"], d["labels"])
+    assert abs(loss - float(d["loss"])) <= 1e-10
+    largest = max(np.abs(g).max() for g in ref_grads.values())
+    for k, ref in ref_grads.items():
+        g = to_host(grads[k])
+        if k.endswith("key/bias"):  # mathematically zero: rounding noise on both sides
+            assert np.abs(g).max() < 1e-14 * largest
+            continue
+        assert np.abs(g - ref).max() / np.abs(ref).max() <= 1e-9, k
+
+
+@pytest.mark.parametrize("classifier,rep", [("token", None), ("gap", 8)])
+def test_hybrid_forward_and_gradients_equal_numpy(rng, classifier, rep):
+    host, dev = twin_models(hybrid_config(classifier, rep))
+    images, labels = rng.uniform(-1, 1, (3, 16, 16, 3)), np.array([0, 4, 2])
+    assert_close(dev.forward(images), host.forward(images), what="logits")
+    loss_h, g_h = host.loss_and_grads(images, labels, need_dinput=True)
+    loss_d, g_d = dev.loss_and_grads(images, labels, need_dinput=True)
+    assert loss_d == pytest.approx(loss_h, rel=1e-12)
+    for k in g_h:
+        if k.endswith("key/bias"):
+            assert np.abs(to_host(g_d[k])).max() < 1e-14 and np.abs(g_h[k]).max() < 1e-14
+            continue
+        assert_close(g_d[k], g_h[k], what=k)
+
+
+def test_twenty_training_steps_of_a_hybrid_equal_numpy(rng):
+    """As test_twenty_training_steps_equal_numpy, for a hybrid (root and two stages): SGD, accumulation 2,
+    clipping; parameters, optimiser state, losses and norms equal the NumPy run to 1e-12."""
+    host, dev = twin_models(hybrid_config())
+    images, labels = rng.uniform(-1, 1, (16, 16, 16, 3)), rng.integers(0, 5, 16)
+    losses_h, state_h = run_steps(host, "sgd", images, labels)
+    losses_d, state_d = run_steps(dev, "sgd", images, labels)
+    assert max(n for _, n in losses_h) > 0.5  # clipping took place
+    np.testing.assert_allclose(losses_d, losses_h, rtol=1e-12)
+    for k in host.params:
+        assert_close(dev.params[k], host.params[k], what=k, key_bias_abs=1e-12)
+    for k in state_h:
+        assert_close(state_d[k], state_h[k], what=k, key_bias_abs=1e-12)
