@@ -33,7 +33,8 @@ def test_resnet_flags_build_the_hybrid():
     assert c.resnet == sv.ResNetConfig((1,), 0.5) and (c.feature_size, c.grid_size) == (4, 4)
     s, _ = settings.resolve_settings(["--model", "R50+ViT-B_16", "--resnet", "root", "--image-size", "64"])
     assert train.model_config(s).resnet == sv.ResNetConfig((), 1)
-    s, _ = settings.resolve_settings(["--model", "R50+ViT-B_16", "--resnet", "none", "--patch-size", "16"])
+    s, _ = settings.resolve_settings(["--model", "R50+ViT-B_16", "--resnet", "none", "--patch-size", "16",
+                                      "--image-size", "64"])  # flags sit on the default preset's 28 px
     assert train.model_config(s).resnet is None
     for bad, msg in ((["--resnet", "3,x"], "units per stage"), (["--resnet-width", "2"], "needs a ResNet"),
                      (["--resnet", "root", "--resnet-width", "0.3"], "multiple of 32")):
