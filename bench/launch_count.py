@@ -207,11 +207,11 @@ def main(argv=None) -> int:
                                                 "patch_size", "num_classes") if getattr(args, k) is not None}
         cases = [(args.model, sv.get_config(args.model, **fields), args.batch_size)]
     print(f"scratchvit from {Path(sv.__file__).parent}")
-    print(f"{'model':36s} {'optimizer':9s} " + " ".join(f"{p:>9s}" for p in PARTS) + f" {'total':>7s}")
+    print(f"{'model':42s} {'optimizer':9s} " + " ".join(f"{p:>9s}" for p in PARTS) + f" {'total':>7s}")
     for name, cfg, batch in cases:
         for opt in ("sgd", "adamw"):
             counts, by_op = count_model(cfg, batch, opt)
-            print(f"{name:36s} {opt:9s} " + " ".join(f"{counts[p]:9d}" for p in PARTS) + f" {counts['total']:7d}",
+            print(f"{name:42s} {opt:9s} " + " ".join(f"{counts[p]:9d}" for p in PARTS) + f" {counts['total']:7d}",
                   flush=True)
             if args.by_op:
                 for part in PARTS:
