@@ -101,3 +101,27 @@ def test_schedule_shapes():
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
         optim.make_optimizer("lamb")
+
+
+@pytest.mark.parametrize("make", [lambda: optim.SGD(weight_decay=0.1), lambda: optim.AdamW(weight_decay=0.1)],
+                         ids=["sgd", "adamw"])
+def test_numpy_update_in_pieces_equals_one_piece(monkeypatch, make):
+    """On NumPy the update runs over pieces of CHUNK elements (optim.in_pieces): bit for bit the one-piece update
+    that a GPU runs, on a buffer of 3.5 pieces (float32 and float64), over 3 steps."""
+    n = 3 * optim.CHUNK + optim.CHUNK // 2
+    for dtype in (np.float32, np.float64):
+        rng = np.random.default_rng(1)
+        p0, grads = rng.standard_normal(n).astype(dtype), [rng.standard_normal(n).astype(dtype) for _ in range(3)]
+        runs = []
+        for chunk in (optim.CHUNK, 10 * n):  # pieces, then one piece
+            monkeypatch.setattr(optim, "CHUNK", chunk)
+            opt, p = make(), p0.copy()
+            state = opt.init(p)
+            for g in grads:
+                opt.update(p, g, state, 0.01)
+            runs.append((p, state))
+        (p_a, s_a), (p_b, s_b) = runs
+        assert not np.array_equal(p_a, p0)
+        np.testing.assert_array_equal(p_a, p_b)
+        for k in s_a:
+            np.testing.assert_array_equal(s_a[k], s_b[k])
