@@ -37,9 +37,8 @@ def in_pieces(update, *arrays) -> None:
 
     The same elementwise operations on the same elements, so the same results bit for bit. On a GPU one piece
     is one kernel per operation. On a CPU a whole-buffer operation streams the buffer through memory and makes
-    whole-buffer temporaries (freshly mapped pages for large ones); pieces keep both in the cache: AdamW on
-    ViT-B/16's 86.6M float32 parameters took 5.0 s in one piece, 0.57 s in pieces (0.94 s one parameter at a
-    time, as before the flat buffers).
+    whole-buffer temporaries (freshly mapped pages for large ones); pieces keep both in the cache (AdamW on
+    ViT-B/16's parameters: several times faster than in one piece; ``bench/update_pieces.py``, bench/RESULTS.md).
     """
     first = arrays[0]
     if first.ndim != 1 or first.shape[0] <= CHUNK or not is_numpy(namespace(first)):
