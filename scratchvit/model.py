@@ -30,12 +30,15 @@ the forward and backward are the plain equations above, bit for bit.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from . import ops, step
-from .backend import check_dtype, device_object, module_for, to_device
+from .backend import check_dtype, device_object, dtype_of, module_for, to_device
 from .checkpoint import load_checkpoint
 from .configs import ViTConfig, get_config
+from .flat import Layout
 from .ops.dropout import EMBEDDING_SITE, site
 from .params import (
     ATTN,
@@ -55,7 +58,12 @@ class ViT:
 
     Attributes:
         config: the :class:`~scratchvit.configs.ViTConfig` geometry.
-        params: dict, official parameter name -> array (float32 or float64, on the device).
+        params: dict, official parameter name -> array (float32 or float64, on the device): each a view
+            into ``flat`` (:mod:`scratchvit.flat`). Write into them (``params[k][...] = x``, ``+=``);
+            an entry rebound to another array is no longer the model's parameter.
+        flat: 1-D array holding every parameter (``layout.size`` elements, the model's dtype and device):
+            what the optimiser, the gradient norm and the clipping work on.
+        layout: the :class:`~scratchvit.flat.Layout` of ``flat`` (names, shapes, offsets).
         device: "cpu", "gpu" (or "strict": array-api-strict's non-CPU device, for tests).
         dtype: numpy dtype of parameters and activations.
         xp: the array-API namespace of the parameters (:func:`scratchvit.backend.module_for`).
@@ -66,9 +74,8 @@ class ViT:
                  params: dict | None = None):
         """Build a model with fresh parameters (``seed``), or around given ``params``.
 
-        Given ``params`` already on ``device`` with ``dtype`` are used as they are, not copied
-        (:func:`scratchvit.backend.to_device`): training then updates the caller's arrays in place.
-        Pass copies to keep the originals.
+        Given ``params`` are copied into the model's flat buffer (:mod:`scratchvit.flat`): training
+        updates the model's arrays, never the caller's.
 
         Raises:
             ValueError: unknown model name / device / dtype, or ``params`` whose names or
@@ -83,7 +90,9 @@ class ViT:
         if params is None:
             params = init_params(self.config, seed)
         check_params(params, self.config)
-        self.params = {k: to_device(params[k], device, self.dtype) for k in param_shapes(self.config)}
+        self.layout = Layout.of(param_shapes(self.config))
+        self.flat = self.layout.gather({k: to_device(params[k], device, self.dtype) for k in self.layout.names})
+        self.params = self.layout.views(self.flat)
 
     @classmethod
     def from_checkpoint(cls, path, num_classes: int | None = None, image_size: int | None = None,
@@ -421,16 +430,20 @@ class ViT:
         return float(loss), grads
 
     def cast(self, dtype) -> "ViT":
-        """This model with its parameters in ``dtype`` ("float16" for mixed precision; a copy of each
-        array, or this model itself when the dtype is already its own). The copy's updates do not
-        reach this model's parameters.
+        """This model with its parameters in ``dtype`` ("float16" for mixed precision: a copy of the flat
+        buffer, one cast, with its own views; or this model itself when the dtype is already its own).
+        The copy's updates do not reach this model's parameters.
 
         Raises:
             ValueError: a dtype other than float16, float32, float64.
         """
         if check_dtype(dtype) == self.dtype:
             return self
-        return ViT(self.config, device=self.device, dtype=dtype, params=self.params)
+        model = copy.copy(self)  # the same config and layout; a new buffer: one cast of the whole of it
+        model.dtype = check_dtype(dtype)
+        model.flat = self.xp.astype(self.flat, dtype_of(self.xp, model.dtype))
+        model.params = model.layout.views(model.flat)
+        return model
 
     def num_params(self) -> int:
         """Number of scalar parameters."""

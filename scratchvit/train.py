@@ -421,7 +421,7 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
         s.check_warmup(total_steps)
     opt = optim.make_optimizer(s.optimizer, weight_decay=s.weight_decay,
                                **({"momentum": s.momentum} if s.optimizer == "sgd" else {}))
-    opt_state, step, best_val = opt.init(model.params), 0, -1.0
+    opt_state, step, best_val = opt.init(model.flat), 0, -1.0
     loss_scale = LossScale() if s.precision == "fp16" else None
     try:
         out.mkdir(parents=True, exist_ok=True)

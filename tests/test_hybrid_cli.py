@@ -72,7 +72,7 @@ def test_resume_of_a_hybrid_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):  # 
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "6", "--accum-steps", "2")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "loss_and_grads", 4)
+        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 4)
         assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
     assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
     with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:
@@ -130,7 +130,7 @@ def test_fp16_trains_a_hybrid_close_to_fp32(rng):
     for precision in ("fp32", "fp16"):
         model = sv.ViT(cfg, seed=0)
         opt = optim.make_optimizer("adamw")
-        state = opt.init(model.params)
+        state = opt.init(model.flat)
         scale = step.LossScale() if precision == "fp16" else None
         losses[precision] = [step.train_step(model, opt, state, images, labels, 1e-3, precision=precision,
                                              loss_scale=scale, step=i).loss for i in range(6)]

@@ -31,7 +31,7 @@ def fashion_mnist_subset(n_train):
 def train(precision, images, labels, steps, batch, device="cpu"):
     model = sv.ViT(tiny_config(), seed=0, device=device)
     opt = optim.make_optimizer("adamw")
-    state = opt.init(model.params)
+    state = opt.init(model.flat)
     scale = step.LossScale() if precision == "fp16" else None
     losses = []
     for i in range(steps):
@@ -78,7 +78,7 @@ def test_an_injected_overflow_skips_exactly_that_step(rng, monkeypatch):
     images, labels = rng.uniform(-1, 1, (8, 28, 28, 3)).astype(np.float32), rng.integers(0, 10, 8)
     model = sv.ViT(tiny_config(), seed=0, device=device)
     opt = optim.make_optimizer("sgd")
-    state = opt.init(model.params)
+    state = opt.init(model.flat)
     scale = step.LossScale(scale=1024.0)
     real, inject = sv.ViT.part_loss_and_grads, {"on": False}
 
@@ -109,7 +109,7 @@ def test_fp16_needs_float32_masters_and_a_loss_scale(rng):
     model = sv.ViT(tiny_config(), seed=0)
     opt = optim.make_optimizer("sgd")
     with pytest.raises(ValueError, match="fp16 needs a LossScale"):
-        step.train_step(model, opt, opt.init(model.params), np.zeros((2, 28, 28, 3)), np.array([0, 1]), 0.1,
+        step.train_step(model, opt, opt.init(model.flat), np.zeros((2, 28, 28, 3)), np.array([0, 1]), 0.1,
                         precision="fp16")
     from scratchvit.settings import TrainSettings
 

@@ -89,7 +89,7 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
 
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "loss_and_grads", 7)
+        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 7)
         assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
     with np.load(tmp_path / "stopped" / "state.npz") as st:
         assert int(st["step"]) == 6
@@ -422,7 +422,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "8")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "loss_and_grads", 6)
+        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 6)
         assert run(fmnist_dir, out, *args) == 130  # state saved at step 5
     with np.load(out / "last.npz") as z:  # last.npz of some other step
         sv.save_checkpoint(out / "last.npz", {k: z[k] + 1 for k in z.files})
@@ -439,7 +439,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 2
 
     with monkeypatch.context() as m:  # a fresh run in the same folder, stopped before it saved anything
-        m.setattr(sv_step, "loss_and_grads", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(sv_step, "flat_loss_and_grads", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         m.setattr(train.runs, "save_state", lambda *a, **k: None)
         assert run(fmnist_dir, out, *args) == 130
     assert not (out / "state.npz").exists()  # the old run's resume point is gone, not resumed by mistake
@@ -494,7 +494,7 @@ def test_an_older_state_file_without_parameters_still_resumes(tmp_path, rng):
                         mlp_dim=32, num_classes=3)
     model = sv.ViT(cfg, seed=0)
     opt = optim.make_optimizer("sgd")
-    state = opt.init(model.params)
+    state = opt.init(model.flat)
     for k in model.params:
         model.params[k] += 1.0
     runs.save_state(tmp_path, model, state, 12, 0.5, 0)
@@ -502,7 +502,7 @@ def test_an_older_state_file_without_parameters_still_resumes(tmp_path, rng):
         old = {k: z[k] for k in z.files if not k.startswith("params/")}
     np.savez(tmp_path / "state.npz", **old)
     fresh = sv.ViT(cfg, seed=1)
-    assert runs.load_state(tmp_path, fresh, opt.init(fresh.params)) == (12, 0.5)
+    assert runs.load_state(tmp_path, fresh, opt.init(fresh.flat)) == (12, 0.5)
     for k in model.params:
         np.testing.assert_array_equal(fresh.params[k], model.params[k], err_msg=k)
 
