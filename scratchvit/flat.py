@@ -81,6 +81,19 @@ class Layout:
         xp = namespace(buffer)
         return {k: xp.reshape(buffer[o:o + math.prod(s)], s) for k, s, o in zip(self.names, self.shapes, self.offsets)}
 
+    def mask(self, chosen, xp, dtype, device=None):
+        """A flat buffer of ones at the elements of the names ``chosen(name)`` picks, zeros elsewhere (and in the
+        gaps), e.g. the elements that weight decay acts on.
+
+        Args:
+            chosen: name -> bool. xp, dtype, device: the namespace, dtype and device of the buffer.
+
+        Returns:
+            1-D array of ``size`` elements.
+        """
+        return self.gather({k: xp.full(s, 1.0 if chosen(k) else 0.0, dtype=dtype, device=device)
+                            for k, s in zip(self.names, self.shapes)})
+
     def gather(self, arrays: dict):
         """A new flat buffer holding ``arrays`` ({name: array} with at least the layout's names, each of its
         shape; other keys are ignored), zeros in the gaps: one ``concat`` of the flattened arrays.

@@ -12,7 +12,9 @@ Everything here works on whole arrays: the training step passes the model's flat
 (``model.flat``) and the flat gradient buffer of the same layout (:mod:`scratchvit.flat`), so an update,
 the global norm and the clipping are each a handful of array operations, however many parameters the
 model has (on a GPU each operation is a kernel launch). The formulas are elementwise, so any array works
-(a single parameter, in the tests). Weight decay applies to every element, as before the flat buffers.
+(a single parameter, in the tests). Weight decay applies to every element, or, given a ``decay_mask`` (a
+buffer of ones and zeros, :func:`decay_mask`), to the kernels only, as timm's ``param_groups_weight_decay``
+and big_vision do (biases, layer-norm scales, position embeddings and the class token undecayed).
 
 Optimiser state is a dict of arrays shaped like the parameter buffer, keyed by slot ("momentum";
 "mu", "nu" and AdamW's step "count"); :func:`state_by_name` gives it per parameter name
@@ -56,19 +58,49 @@ def _array(params, who: str):
     return params
 
 
+DECAY_ON = ("all", "kernels")  # what weight decay acts on: every parameter, or the kernels only
+
+
+def decay_mask(layout, on: str, xp, dtype, device=None):
+    """The weight-decay mask of a model's flat buffer: None for ``on="all"`` (every element decays, no mask);
+    for ``on="kernels"`` ones at every ``.../kernel`` (dense, attention, patch-embedding, convolution, head
+    kernels) and zeros at the biases, scales, position embeddings, class token and [mask] embedding (timm's
+    ``param_groups_weight_decay``, big_vision's ``decay`` on kernels).
+
+    Raises:
+        ValueError: an unknown ``on``.
+    """
+    if on not in DECAY_ON:
+        raise ValueError(f"weight decay acts on one of {DECAY_ON}, got {on!r}")
+    if on == "all":
+        return None
+    return layout.mask(lambda name: name.endswith("/kernel"), xp, dtype, device)
+
+
+def _decay(p, mask, lr: float, weight_decay: float) -> None:
+    """p <- p (1 - lr weight_decay mask) in place (decoupled weight decay; ``mask`` None: every element)."""
+    if mask is None:
+        p *= 1.0 - lr * weight_decay
+    else:
+        p *= 1.0 - (lr * weight_decay) * mask
+
+
 class SGD:
     """SGD with momentum (heavy ball, as optax ``sgd(momentum=...)`` / Flax ``optim.Momentum``).
 
         m <- momentum * m + g
-        p <- p - lr * m - lr * weight_decay * p        (weight decay decoupled, off by default)
+        p <- p - lr * m - lr * weight_decay * mask * p        (weight decay decoupled, off by default)
+
+    ``decay_mask``: None (weight decay on every element) or a buffer like the parameters, 1 where it acts
+    (:func:`decay_mask`).
     """
 
-    def __init__(self, momentum: float = 0.9, weight_decay: float = 0.0):
+    def __init__(self, momentum: float = 0.9, weight_decay: float = 0.0, decay_mask=None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"SGD: momentum must lie in [0, 1), got {momentum}")
         if weight_decay < 0:
             raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay}")
-        self.momentum, self.weight_decay = momentum, weight_decay
+        self.momentum, self.weight_decay, self.decay_mask = momentum, weight_decay, decay_mask
 
     def init(self, params) -> dict:
         """{"momentum": zeros like ``params``} (the flat parameter buffer), on its device.
@@ -87,30 +119,35 @@ class SGD:
             params: the parameters (the flat buffer); grads: their gradients, same shape and dtype, same device.
             state: from :meth:`init`. lr: the step's learning rate, a Python float.
         """
-        def update(p, g, m):
+        def update(p, g, m, mask=None):
             m *= self.momentum
             m += g
             if self.weight_decay:
-                p *= 1.0 - lr * self.weight_decay
+                _decay(p, mask, lr, self.weight_decay)
             p -= lr * m
 
-        in_pieces(update, params, grads, state["momentum"])
+        masks = () if self.decay_mask is None or not self.weight_decay else (self.decay_mask,)
+        in_pieces(update, params, grads, state["momentum"], *masks)
 
 
 class AdamW:
     """Adam with bias correction and decoupled weight decay (Loshchilov & Hutter, 2019, Algorithm 2).
 
         m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  t <- t + 1
-        p <- p - lr * ( m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + weight_decay * p )
+        p <- p - lr * ( m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + weight_decay * mask * p )
+
+    ``decay_mask``: None (weight decay on every element) or a buffer like the parameters, 1 where it acts
+    (:func:`decay_mask`).
     """
 
-    def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                 decay_mask=None):
         for name, v in (("b1", b1), ("b2", b2)):
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"AdamW: {name} must lie in [0, 1), got {v}")
         if eps <= 0 or weight_decay < 0:
             raise ValueError(f"AdamW: eps must be > 0 and weight_decay >= 0, got {eps}, {weight_decay}")
-        self.b1, self.b2, self.eps, self.weight_decay = b1, b2, eps, weight_decay
+        self.b1, self.b2, self.eps, self.weight_decay, self.decay_mask = b1, b2, eps, weight_decay, decay_mask
 
     def init(self, params) -> dict:
         """{"mu": zeros, "nu": zeros like ``params`` (the flat parameter buffer), "count": 0 (int64 0-d array)},
@@ -140,7 +177,7 @@ class AdamW:
         c1, c2 = 1.0 - self.b1 ** t, 1.0 - self.b2 ** t
         c2, lr_c1 = xp.astype(c2, params.dtype), xp.astype(lr / c1, params.dtype)
 
-        def update(p, g, m, v):
+        def update(p, g, m, v, mask=None):
             m *= self.b1
             m += (1.0 - self.b1) * g
             v *= self.b2
@@ -148,19 +185,21 @@ class AdamW:
             denom = xp.sqrt(v / c2)
             denom += self.eps
             if self.weight_decay:
-                p *= 1.0 - lr * self.weight_decay
+                _decay(p, mask, lr, self.weight_decay)
             step = m / denom
             step *= lr_c1
             p -= step
 
-        in_pieces(update, params, grads, state["mu"], state["nu"])
+        masks = () if self.decay_mask is None or not self.weight_decay else (self.decay_mask,)
+        in_pieces(update, params, grads, state["mu"], state["nu"], *masks)
 
 
 OPTIMIZERS = {"sgd": SGD, "adamw": AdamW}
 
 
 def make_optimizer(name: str, weight_decay: float = 0.0, **kwargs):
-    """"sgd" (momentum 0.9 by default) or "adamw" (b1 0.9, b2 0.999).
+    """"sgd" (momentum 0.9 by default) or "adamw" (b1 0.9, b2 0.999); ``kwargs`` go to its constructor (e.g.
+    ``momentum``, ``decay_mask``).
 
     Raises:
         ValueError: unknown name.

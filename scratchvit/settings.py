@@ -23,7 +23,7 @@ from .checks import check_positive_int
 from .configs import CLASSIFIERS, MODELS
 from .data import AUGMENTS, DATASETS
 from .ops.gelu import GELU_FORMS
-from .optim import OPTIMIZERS, SCHEDULES
+from .optim import DECAY_ON, OPTIMIZERS, SCHEDULES
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # The command-line groups of ``--help``, by name (a field's ``group``), in the order they are shown.
@@ -116,6 +116,9 @@ class TrainSettings:
     sweep_steps: int = setting(200, OPTIM, "steps of each --lr-sweep run")
     momentum: float = setting(0.9, OPTIM, "SGD momentum")
     weight_decay: float = setting(0.0, OPTIM, "decoupled weight decay")
+    weight_decay_on: str = setting("all", OPTIM, "what --weight-decay acts on: all parameters, or kernels only (the "
+                                   "biases, layer-norm scales, position embeddings and class token undecayed, as "
+                                   "timm and big_vision)", DECAY_ON)
     schedule: str = setting("cosine", OPTIM, "decay after warmup", SCHEDULES)
     steps: int = setting(10000, OPTIM, "optimiser steps")
     epochs: float = setting(None, OPTIM, "train for this many passes over the training split instead of --steps")

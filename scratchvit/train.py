@@ -420,6 +420,8 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
         total_steps = s.steps if s.epochs is None else max(int(round(s.epochs * steps_per_epoch)), 1)
         s.check_warmup(total_steps)
     opt = optim.make_optimizer(s.optimizer, weight_decay=s.weight_decay,
+                               decay_mask=optim.decay_mask(model.layout, s.weight_decay_on, model.xp, model.dtype,
+                                                           model.device_object),
                                **({"momentum": s.momentum} if s.optimizer == "sgd" else {}))
     opt_state, step, best_val = opt.init(model.flat), 0, -1.0
     loss_scale = LossScale() if s.precision == "fp16" else None
