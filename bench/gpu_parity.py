@@ -5,8 +5,11 @@
     python bench/gpu_parity.py --device strict --small   # array-api-strict's non-CPU device: seconds, no GPU needed
     python bench/gpu_parity.py --device cpu --small  # the CPU against itself (trivially equal): a smoke test
 
-Two models: "small" (32 px, patch 4, width 64, 2 blocks, token classifier with a pre-logits layer) and
-"b16-shallow" (ViT-B/16's shapes at 224 px, 1000 classes, 2 blocks instead of 12; not with --small).
+Four models: "small" (32 px, patch 4, width 64, 2 blocks, token classifier with a pre-logits layer),
+"b16-shallow" (ViT-B/16's shapes at 224 px, 1000 classes, 2 blocks instead of 12), and two hybrids (paper
+Sec. 3.1): "hybrid-small" (32 px, ResNet root of 32 channels and two stages of one unit, patch 1 on the
+4x4 map) and "r50-b16-shallow" (R50+ViT-B_16's ResNet and shapes at 224 px, 2 blocks instead of 12).
+--small runs "small" alone; --models picks any.
 For each model and dtype, ``scratchvit.ViT(config, device=..., dtype=..., params=...)`` is built on the
 device and on the CPU from the same float64 parameters (a random head, so that no gradient is trivially
 0), ``forward`` and ``loss_and_grads`` run on the same batch, and each quantity is compared as
@@ -35,6 +38,10 @@ MODELS = {  # name -> (ViT-Ti_16 / ViT-B_16 overrides, batch); the base model na
     "small": ("ViT-Ti_16", dict(image_size=32, patch_size=4, hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128,
                                 num_classes=10, classifier="token", representation_size=32), 4),
     "b16-shallow": ("ViT-B_16", dict(num_layers=2, num_classes=1000), 2),
+    "hybrid-small": ("ViT-Ti_16", dict(image_size=32, patch_size=1, hidden_size=64, num_layers=2, num_heads=4,
+                                       mlp_dim=128, num_classes=10, classifier="token", representation_size=32,
+                                       resnet=dict(num_layers=(1, 1), width_factor=0.5)), 4),
+    "r50-b16-shallow": ("R50+ViT-B_16", dict(num_layers=2, num_classes=1000), 2),
 }
 
 
@@ -44,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["gpu", "cpu", "strict"], default="gpu",
                    help="the device compared against the CPU (default gpu; strict: array-api-strict's device1)")
     p.add_argument("--small", action="store_true", help="the small model only (no ViT-B/16-shaped one)")
+    p.add_argument("--models", help=f"comma-separated models to run (default: all of {', '.join(MODELS)})")
     p.add_argument("--dtypes", default="float64,float32", help="comma-separated (default float64,float32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="one table line per compared quantity")
@@ -65,6 +73,8 @@ def case_inputs(name: str, seed: int):
         if k.startswith(("head/", "pre_logits/")) or k.endswith("/bias"):  # zeros at init: make them count
             params[k] = rng.standard_normal(params[k].shape) * (0.5 if k.endswith("bias") else
                                                                 1.0 / np.sqrt(params[k].shape[0]))
+        elif k.endswith("/gn3/scale"):  # a hybrid unit's last group norm starts at 0 (vit_jax), and conv3's grad
+            params[k] = 1.0 + 0.1 * rng.standard_normal(params[k].shape)
     images = rng.uniform(-1.0, 1.0, size=(batch, cfg.image_size, cfg.image_size, 3))
     labels = rng.integers(0, cfg.num_classes, size=(batch,)).astype(np.int64)
     return cfg, params, images, labels
@@ -132,6 +142,12 @@ def main(argv=None) -> int:
 
         array_api_strict.set_array_api_strict_flags(api_version="2023.12")
     names = ["small"] if args.small else list(MODELS)
+    if args.models:
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        unknown = [n for n in names if n not in MODELS]
+        if unknown:
+            print(f"error: --models: unknown {unknown}; known: {', '.join(MODELS)}", file=sys.stderr)
+            return 2
     result = {"device": args.device, "reference": "cpu", "tolerance": TOLERANCE, "cases": []}
     print(f"parity: {args.device} against cpu; rel = max|diff| / max|cpu| (key/bias: / max|query/bias grad|)")
     header = f"{'model':12s} {'dtype':8s} {'logits rel':>10s} {'loss rel':>10s} {'grads':>5s} " \

@@ -132,14 +132,15 @@ def bench_params(cfg, seed: int = 0) -> dict:
 
 
 class ScratchRunner:
-    """scratchvit: model.loss_and_grads, optim.clip_by_global_norm(1.0), optim.SGD(momentum=0.9)."""
+    """scratchvit: ``step.train_step`` (forward, backward, clipping at global norm 1.0, SGD with momentum 0.9),
+    as ``python -m scratchvit.train`` runs it; fp32, or mixed precision with ``precision="fp16"``."""
 
     name = "scratchvit"
 
     def __init__(self, cfg, images, labels, device="cpu", dtype="float32", seed=0, lr=1e-3, params=None,
                  precision="fp32"):
         import scratchvit as sv
-        from scratchvit import optim
+        from scratchvit import optim, step
         from scratchvit.backend import to_device
 
         self.device = device
@@ -149,34 +150,26 @@ class ScratchRunner:
         self.model = sv.ViT(cfg, seed=seed, device=device, dtype=dtype, params=params)
         self.optim = optim
         self.opt = optim.SGD(momentum=0.9, weight_decay=0.0)
-        self.state = self.opt.init(self.model.params)
+        # the flat parameter buffer (scratchvit.flat); a checkout from before it (bench/ab.py's baseline) takes the dict
+        self.state = self.opt.init(getattr(self.model, "flat", self.model.params))
         self.lr = lr
         self.precision = precision
-        if precision != "fp32":  # mixed precision: scratchvit.step.train_step, as python -m scratchvit.train runs it
-            from scratchvit import step
-
-            self.train_step, self.loss_scale = step.train_step, step.LossScale()
+        self.train_step = step.train_step
+        self.loss_scale = step.LossScale() if precision != "fp32" else None
+        if precision != "fp32":
             dtype = step.COMPUTE_DTYPES[precision]
         # Inputs live on the device before timing (as a prefetching loader would deliver them); train_step
-        # checks the labels on the host, so the mixed-precision runner keeps them there (B integers).
+        # checks the labels on the host, so its labels stay there (B integers); parts() takes them on the device.
         self.images = to_device(images, device, dtype)
-        self.labels = to_device(labels, device) if precision == "fp32" else labels
+        self.labels, self.device_labels = labels, to_device(labels, device)
 
     def step(self) -> dict:
-        m = self.model
+        """One ``train_step`` (for fp16: cast to float16, forward, backward, unscale, clip, update); seconds."""
         t0 = time.perf_counter()
-        if self.precision != "fp32":  # cast to float16, forward, backward, unscale, clip at 1.0, update
-            r = self.train_step(m, self.opt, self.state, self.images, self.labels, self.lr, grad_clip=1.0,
-                                precision=self.precision, loss_scale=self.loss_scale)
-            sync(self.device)
-            return {"step": time.perf_counter() - t0, "loss": r.loss, "skipped": r.skipped}
-        loss, grads = m.loss_and_grads(self.images, self.labels)
-        t1 = time.perf_counter()
-        self.optim.clip_by_global_norm(grads, 1.0)
-        self.opt.update(m.params, grads, self.state, self.lr)
+        r = self.train_step(self.model, self.opt, self.state, self.images, self.labels, self.lr, grad_clip=1.0,
+                            precision=self.precision, loss_scale=self.loss_scale)
         sync(self.device)
-        t2 = time.perf_counter()
-        return {"step": t2 - t0, "fwd_bwd": t1 - t0, "update": t2 - t1, "loss": loss}
+        return {"step": time.perf_counter() - t0, "loss": r.loss, "skipped": r.skipped}
 
     def parts(self) -> dict:
         """Training forward (with caches) and loss, backward, update, inference forward - timed apart.
@@ -190,11 +183,12 @@ class ScratchRunner:
 
         def forward(_):
             logits, caches = m.forward(self.images, keep_cache=True)
-            return caches, ops.softmax_cross_entropy_forward(logits, self.labels)[1]
+            return caches, ops.softmax_cross_entropy_forward(logits, self.device_labels)[1]
 
-        def update(grads):
-            self.optim.clip_by_global_norm(grads, 1.0)
-            self.opt.update(m.params, grads, self.state, self.lr)
+        def update(grads):  # into the flat gradient buffer (scratchvit.flat), clip, update
+            flat = m.layout.gather(grads)
+            self.optim.clip_by_global_norm(flat, 1.0)
+            self.opt.update(m.flat, flat, self.state, self.lr)
 
         return timed(self.device, forward, lambda c: m.backward(ops.softmax_cross_entropy_backward(c[1]), c[0]),
                      update, lambda _: m.forward(self.images))

@@ -2,6 +2,7 @@
 
     python bench/op_profile.py --threads 1                       # the suite's three geometries
     python bench/op_profile.py --threads 1 --geometry p7_d128_gap_b128 --repeats 20
+    python bench/op_profile.py --threads 2 --model R50+ViT-B_16 --batch 8 --repeats 3   # a named model at 224 px
 
 Runs ``ViT.forward(keep_cache=True)`` and ``ViT.backward`` on one random batch (the op-by-op path on
 the whole batch; ``loss_and_grads`` splits the batch over threads instead, so use one thread for
@@ -69,11 +70,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="BLAS and scratchvit threads (default: all cores)")
     p.add_argument("--geometry", choices=list(SUITE_GEOMETRIES), action="append",
                    help="one of the suite's geometries (repeatable; default: all three)")
+    p.add_argument("--model", action="append",
+                   help="a name from scratchvit.configs.MODELS at its own size, 1000 classes, instead (repeatable; "
+                   "e.g. R50+ViT-B_16, a hybrid)")
+    p.add_argument("--batch", type=int, default=8, help="images per batch with --model (default 8)")
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
     set_thread_env(args.threads)  # before NumPy loads OpenBLAS and scratchvit sizes its pool
-    for name in args.geometry or SUITE_GEOMETRIES:
-        cfg, batch = geometry_config(name)
+    runs = [(name, None) for name in args.geometry or ([] if args.model else SUITE_GEOMETRIES)]
+    runs += [(name, args.batch) for name in args.model or []]
+    for name, model_batch in runs:
+        if model_batch is None:
+            cfg, batch = geometry_config(name)
+        else:
+            import scratchvit as sv
+
+            cfg, batch = sv.get_config(name, num_classes=1000, dropout_rate=0.0), model_batch
+            name = f"{name} batch {batch}"
         total, spent = profile(cfg, batch, args.repeats)
         print(f"\n{name}: forward + backward {total * 1e3:.1f} ms (threads {args.threads or 'default'})")
         for op, sec in sorted(spent.items(), key=lambda kv: -kv[1]):

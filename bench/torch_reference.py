@@ -23,6 +23,13 @@ The architecture follows ``vit_jax/models_vit.py``:
   by default, exact erf on request), Linear;
 * ``Transformer/encoder_norm``, optional ``pre_logits`` (Linear then tanh), ``head``.
 
+A hybrid (paper Sec. 3.1; ``conv_root/kernel`` among the parameters) puts vit_jax's ResNet
+(``models_resnet.py``) before the patch embedding, as timm's ``ResNetV2`` with ``StdConv2dSame`` does:
+``StdConv2d`` (the kernel standardised per output channel over (in, kh, kw), population std + 1e-5,
+at every forward; XLA 'SAME' padding, low = total // 2, by ``F.pad``), ``nn.GroupNorm(32, eps=1e-6)``,
+ReLU, a 3x3 stride-2 max pool padded with -inf, and the bottleneck units ``block{b}/unit{u}``
+(conv1/gn1, conv2/gn2 at the stage's stride, conv3/gn3, conv_proj/gn_proj where the shape changes).
+
 Images are NHWC, float in [-1, 1], as in the official code; the module permutes
 them to NCHW internally.
 
@@ -54,6 +61,8 @@ __all__ = [
 ]
 
 LN_EPS = 1e-6
+GN_EPS, GN_GROUPS, WS_EPS = 1e-6, 32, 1e-5  # flax nn.GroupNorm defaults; vit_jax weight_standardize eps
+_UNIT_RE = re.compile(r"^block(\d+)/unit(\d+)/")
 _BLOCK_RE = re.compile(r"^Transformer/encoderblock_(\d+)/(.+)$")
 
 # Names written by current Flax / big_vision for the same sub-layers of a block.
@@ -118,10 +127,97 @@ def infer_geometry(params: dict) -> dict:
         raise ValueError(f"position embedding has {t} tokens, which is not a square grid (+cls)")
     rep = np.shape(params["pre_logits/kernel"])[1] if "pre_logits/kernel" in params else None
     k = need("head/kernel")[1]
+    resnet, stride = _infer_resnet(params)
     return dict(
-        image_size=grid * ph, patch_size=ph, channels=c, hidden_size=d, num_heads=q[1], head_dim=q[2],
+        image_size=grid * ph * stride, patch_size=ph, channels=c, hidden_size=d, num_heads=q[1], head_dim=q[2],
         num_layers=len(blocks), mlp_dim=mlp, num_classes=k, representation_size=rep, has_cls=has_cls, seq_len=t,
+        resnet=resnet,
     )
+
+
+def _infer_resnet(params: dict):
+    """(None, 1) for a ViT; for a hybrid ({"width": root channels, "units": [(prefix, in, features, stride)]},
+    the ResNet's total stride): stage b (1-based) has width * 2**(b-1) features, stride 2 in its first unit for
+    b > 1 (vit_jax ``VisionTransformer.__call__``)."""
+    if "conv_root/kernel" not in params:
+        return None, 1
+    width = np.shape(params["conv_root/kernel"])[3]
+    counts: dict[int, int] = {}
+    for name in params:
+        if m := _UNIT_RE.match(name):
+            counts[int(m.group(1))] = max(counts.get(int(m.group(1)), 0), int(m.group(2)))
+    if sorted(counts) != list(range(1, len(counts) + 1)):
+        raise ValueError(f"ResNet stages must be block1..blockN, got {sorted(counts)}")
+    units, cin = [], width
+    for b in sorted(counts):
+        features = width * 2 ** (b - 1)
+        for u in range(1, counts[b] + 1):
+            units.append((f"block{b}/unit{u}/", cin, features, 2 if (b > 1 and u == 1) else 1))
+            cin = 4 * features
+    return {"width": width, "units": units}, 4 * 2 ** max(len(counts) - 1, 0)
+
+
+def same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
+    """XLA's 'SAME' padding along one axis: (low, high), total = max((ceil(size/s) - 1) s + k - size, 0)."""
+    total = max((-(-size // stride) - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+class StdConv2d(nn.Conv2d):
+    """vit_jax ``StdConv``: the weight standardised per output channel at every forward, XLA 'SAME' padding,
+    no bias (timm's ``StdConv2dSame`` with eps 1e-5 added to the std)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1):
+        super().__init__(cin, cout, k, stride=stride, padding=0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        w = w / (w.std(dim=(1, 2, 3), keepdim=True, unbiased=False) + WS_EPS)
+        k, s = self.kernel_size[0], self.stride[0]
+        pt, pb = same_pads(x.shape[2], k, s)
+        pl, pr = same_pads(x.shape[3], k, s)
+        if pt or pb or pl or pr:
+            x = F.pad(x, (pl, pr, pt, pb))
+        return F.conv2d(x, w, None, self.stride)
+
+
+class Bottleneck(nn.Module):
+    """vit_jax ``models_resnet.ResidualUnit``."""
+
+    def __init__(self, cin: int, features: int, stride: int):
+        super().__init__()
+        out = 4 * features
+        self.conv_proj = StdConv2d(cin, out, 1, stride) if (cin != out or stride != 1) else None
+        self.gn_proj = nn.GroupNorm(GN_GROUPS, out, eps=GN_EPS) if self.conv_proj is not None else None
+        self.conv1, self.gn1 = StdConv2d(cin, features, 1), nn.GroupNorm(GN_GROUPS, features, eps=GN_EPS)
+        self.conv2, self.gn2 = StdConv2d(features, features, 3, stride), nn.GroupNorm(GN_GROUPS, features, eps=GN_EPS)
+        self.conv3, self.gn3 = StdConv2d(features, out, 1), nn.GroupNorm(GN_GROUPS, out, eps=GN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.conv_proj is None else self.gn_proj(self.conv_proj(x))
+        y = F.relu(self.gn1(self.conv1(x)))
+        y = F.relu(self.gn2(self.conv2(y)))
+        y = self.gn3(self.conv3(y))
+        return F.relu(residual + y)
+
+
+class ResNet(nn.Module):
+    """The hybrid's ResNet (vit_jax ``VisionTransformer.__call__``'s resnet branch), NCHW in and out."""
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        w = spec["width"]
+        self.conv_root, self.gn_root = StdConv2d(3, w, 7, 2), nn.GroupNorm(GN_GROUPS, w, eps=GN_EPS)
+        self.units = nn.ModuleList(Bottleneck(cin, f, s) for _, cin, f, s in spec["units"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.gn_root(self.conv_root(x)))
+        pt, pb = same_pads(x.shape[2], 3, 2)
+        pl, pr = same_pads(x.shape[3], 3, 2)
+        x = F.max_pool2d(F.pad(x, (pl, pr, pt, pb), value=-math.inf), 3, 2)
+        for unit in self.units:
+            x = unit(x)
+        return x
 
 
 class Attention(nn.Module):
@@ -182,7 +278,8 @@ class TorchViT(nn.Module):
         self.classifier = classifier
         self.gelu = gelu
         d, p = g["hidden_size"], g["patch_size"]
-        self.patch_embed = nn.Conv2d(g["channels"], d, kernel_size=p, stride=p)
+        self.resnet = ResNet(g["resnet"]) if g.get("resnet") else None
+        self.patch_embed = nn.Conv2d(g["channels"], d, kernel_size=p, stride=p)  # 'VALID': a remainder is dropped
         self.cls = nn.Parameter(torch.zeros(1, 1, d)) if classifier == "token" else None
         self.pos_embedding = nn.Parameter(torch.zeros(1, g["seq_len"], d))
         self.blocks = nn.ModuleList(
@@ -194,7 +291,10 @@ class TorchViT(nn.Module):
         self.head = nn.Linear(rep or d, g["num_classes"])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images.permute(0, 3, 1, 2))  # NHWC -> NCHW -> (B, D, h, w)
+        x = images.permute(0, 3, 1, 2)  # NHWC -> NCHW
+        if self.resnet is not None:
+            x = self.resnet(x)
+        x = self.patch_embed(x)  # (B, D, h, w)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D), patches in row-major (row, col) order
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
@@ -240,6 +340,19 @@ def _simple_map(model: TorchViT) -> dict[str, tuple[str, Callable, Callable]]:
     if model.pre_logits is not None:
         m["pre_logits/kernel"] = ("pre_logits.weight", *dense_k)
         m["pre_logits/bias"] = ("pre_logits.bias", ident, ident)
+    if model.resnet is not None:
+        conv_k = (lambda a: a.transpose(3, 2, 0, 1), lambda a: a.transpose(2, 3, 1, 0))  # HWIO <-> OIHW
+        m["conv_root/kernel"] = ("resnet.conv_root.weight", *conv_k)
+        m["gn_root/scale"] = ("resnet.gn_root.weight", ident, ident)
+        m["gn_root/bias"] = ("resnet.gn_root.bias", ident, ident)
+        for j, (prefix, _, _, _) in enumerate(g["resnet"]["units"]):
+            unit = model.resnet.units[j]
+            names = ("1", "2", "3") + (("_proj",) if unit.conv_proj is not None else ())
+            for n in names:
+                t = f"resnet.units.{j}."
+                m[f"{prefix}conv{n}/kernel"] = (f"{t}conv{n}.weight", *conv_k)
+                m[f"{prefix}gn{n}/scale"] = (f"{t}gn{n}.weight", ident, ident)
+                m[f"{prefix}gn{n}/bias"] = (f"{t}gn{n}.bias", ident, ident)
     for i in range(g["num_layers"]):
         o, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
         m.update({

@@ -13,11 +13,11 @@ _cpu.set_openblas_env()
 
 # The rest after the line above (E402), so that the setting comes before anything imports NumPy.
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from .configs import MODELS, ViTConfig, get_config  # noqa: E402
+from .configs import MODELS, ResNetConfig, ViTConfig, get_config  # noqa: E402
 from .model import ViT  # noqa: E402
 from .params import count_params, init_params, param_shapes  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["MODELS", "ViT", "ViTConfig", "count_params", "get_config", "init_params", "load_checkpoint",
+__all__ = ["MODELS", "ResNetConfig", "ViT", "ViTConfig", "count_params", "get_config", "init_params", "load_checkpoint",
            "param_shapes", "save_checkpoint"]

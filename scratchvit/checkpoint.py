@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import to_numpy
-from .configs import ViTConfig
+from .configs import ResNetConfig, ViTConfig
 from .files import write_atomic, write_error
 from .params import ATTN, MLP, POSEMB, check_finite, check_params, is_official_name, param_shapes
 
@@ -122,7 +122,9 @@ def canonical_names(arrays: dict) -> dict:
 
 def infer_config(params: dict) -> ViTConfig:
     """The geometry a (canonically named) parameter dict describes: a checkpoint holds no config,
-    its array shapes are the config (patch, width, heads, depth, MLP width, classes, pooling).
+    its array shapes are the config (patch, width, heads, depth, MLP width, classes, pooling; a
+    hybrid's ResNet, :func:`infer_resnet`). The image size is the position grid times the patch
+    (times the ResNet's stride for a hybrid: 224 px for R50+ViT-B_16's 14 x 14).
 
     Raises:
         ValueError: a missing key needed to infer it, a non-square patch or position grid,
@@ -133,9 +135,13 @@ def infer_config(params: dict) -> ViTConfig:
             raise ValueError(f"checkpoint: missing parameter {name!r}")
         return params[name]
 
+    resnet = infer_resnet(params)
+    channels = 3 if resnet is None else resnet.out_channels
     ek = need("embedding/kernel")
-    if ek.ndim != 4 or ek.shape[0] != ek.shape[1] or ek.shape[2] != 3:
-        raise ValueError(f"checkpoint: 'embedding/kernel' has shape {ek.shape}, expected (P, P, 3, D)")
+    if ek.ndim != 4 or ek.shape[0] != ek.shape[1] or ek.shape[2] != channels:
+        what = "3 (RGB)" if resnet is None else f"the ResNet's {channels} output channels"
+        raise ValueError(f"checkpoint: 'embedding/kernel' has shape {ek.shape}, expected (P, P, {channels}, D): "
+                         f"C = {what}")
     patch, hidden = ek.shape[0], ek.shape[3]
     blocks = sorted({int(m.group(1)) for k in params if (m := _BLOCK_RE.match(k))})
     if blocks != list(range(len(blocks))) or not blocks:
@@ -154,9 +160,44 @@ def infer_config(params: dict) -> ViTConfig:
         raise ValueError(
             f"checkpoint: position embedding {pos.shape} holds {n_grid} grid tokens, which is not a square grid"
         )
-    return ViTConfig(image_size=grid * patch, patch_size=patch, hidden_size=hidden, num_layers=len(blocks),
+    image_size = grid * patch
+    if resnet is not None:  # the feature map's cells times the ResNet's stride (the smallest image of that grid)
+        image_size = ViTConfig(patch_size=patch, resnet=resnet).effective_patch_size * grid
+    return ViTConfig(image_size=image_size, patch_size=patch, hidden_size=hidden, num_layers=len(blocks),
                      num_heads=q.shape[1], mlp_dim=mlp.shape[1], num_classes=num_classes,
-                     classifier=classifier, representation_size=rep)
+                     classifier=classifier, representation_size=rep, resnet=resnet)
+
+
+_UNIT_NAME_RE = re.compile(r"^block(\d+)/unit(\d+)/")
+
+
+def infer_resnet(params: dict) -> ResNetConfig | None:
+    """The hybrid's ResNet a parameter dict describes (paper Sec. 3.1; vit_jax ``config.resnet``), or None for a
+    plain ViT (no "conv_root/kernel"): the width factor from the root's channels (``conv_root/kernel`` is
+    (7, 7, 3, 64 * width_factor)), ``num_layers`` from the units of ``block1``, ``block2``, ...
+
+    Raises:
+        ValueError: a root kernel of another shape, or stages / units not numbered 1..n.
+    """
+    if "conv_root/kernel" not in params:
+        return None
+    k = params["conv_root/kernel"]
+    if k.ndim != 4 or tuple(k.shape[:3]) != (7, 7, 3):
+        raise ValueError(f"checkpoint: 'conv_root/kernel' has shape {k.shape}, expected (7, 7, 3, width)")
+    units: dict[int, set] = {}
+    for name in params:
+        if m := _UNIT_NAME_RE.match(name):
+            units.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if sorted(units) != list(range(1, len(units) + 1)):
+        raise ValueError(f"checkpoint: ResNet stages must be numbered block1..blockN, found {sorted(units)}")
+    num_layers = []
+    for b in sorted(units):
+        if sorted(units[b]) != list(range(1, len(units[b]) + 1)):
+            raise ValueError(f"checkpoint: units of block{b} must be numbered 1..n, found {sorted(units[b])}")
+        num_layers.append(len(units[b]))
+    width = k.shape[3]
+    factor = width / 64
+    return ResNetConfig(num_layers=tuple(num_layers), width_factor=int(factor) if factor.is_integer() else factor)
 
 
 def resize_linear_align_corners(grid: np.ndarray, new_h: int, new_w: int) -> np.ndarray:

@@ -1,7 +1,14 @@
-"""The one argument check shared by the package (data loaders, settings, CLIs): "a positive whole number"."""
+"""What the package's checks share (data loaders, settings, CLIs): "a positive whole number", and the
+one error the command-line tools report as a line of bad input."""
 from __future__ import annotations
 
 import numpy as np
+
+
+class InputError(Exception):
+    """Bad user input to a command-line tool (predict, inspect, plot): a missing or unreadable file, a
+    labels file of the wrong length, no matplotlib. The tool prints the message as one line on stderr
+    and exits with code 2."""
 
 
 def check_positive_int(name: str, value, minimum: int = 1, unit: str = "") -> int:

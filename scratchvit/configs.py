@@ -1,7 +1,9 @@
 """Named ViT geometries, as the official `vit_jax/configs/models.py`, and overrides of any field.
 
 Names follow the official files: ViT-Ti_16, ViT-S_16, ViT-B_16, ViT-B_32, ViT-L_16, ViT-L_32,
-ViT-H_14, ViT-B_8 (Dosovitskiy et al., ICLR 2021, Table 1; Ti and S from Steiner et al., 2021).
+ViT-H_14, ViT-B_8 (Dosovitskiy et al., ICLR 2021, Table 1; Ti and S from Steiner et al., 2021), and
+the hybrids (paper Sec. 3.1, a ResNet's feature map as the input sequence): R+ViT-Ti_16, R50+ViT-B_16,
+R26+ViT-S_32, R26+ViT-B_32, R50+ViT-L_32, with vit_jax's ``resnet`` (:class:`ResNetConfig`).
 """
 from __future__ import annotations
 
@@ -11,6 +13,53 @@ from dataclasses import dataclass
 from .ops.gelu import GELU_FORMS
 
 CLASSIFIERS = ("token", "gap")
+GN_GROUPS = 32  # group norm's groups (Flax default, vit_jax): every ResNet width is a multiple
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """The ResNet of a hybrid (vit_jax ``config.resnet``; ``models_vit.VisionTransformer``, ``models_resnet``).
+
+    Attributes:
+        num_layers: bottleneck units per stage, e.g. (3, 4, 9) for R50+ViT-B_16; () for the root alone
+            (7x7 stride-2 StdConv, group norm, ReLU, 3x3 stride-2 max pool).
+        width_factor: the root has ``int(64 * width_factor)`` channels; stage i (0-based) has bottleneck
+            width ``width * 2**i`` and outputs 4 times that.
+    """
+
+    num_layers: tuple = ()
+    width_factor: float = 1
+
+    def __post_init__(self):
+        layers = self.num_layers
+        if isinstance(layers, list):
+            object.__setattr__(self, "num_layers", tuple(layers))
+            layers = self.num_layers
+        if not isinstance(layers, tuple) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                                    for n in layers):
+            raise ValueError(f"ResNetConfig.num_layers must be a tuple of positive integers, got {layers!r}")
+        w = self.width_factor
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 or int(64 * w) % GN_GROUPS:
+            raise ValueError(f"ResNetConfig.width_factor must make int(64 * width_factor) a positive multiple of "
+                             f"{GN_GROUPS} (group norm's groups), got {w!r}")
+
+    @property
+    def width(self) -> int:
+        """Channels of the root, ``int(64 * width_factor)`` (vit_jax)."""
+        return int(64 * self.width_factor)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the feature map the embedding convolves: the root's, or 4 x the last stage's width."""
+        return self.width if not self.num_layers else self.width * 2 ** (len(self.num_layers) - 1) * 4
+
+    def feature_size(self, image_size: int) -> int:
+        """Side of the feature map for ``image_size`` px: each stride-2 'SAME' step (the root's conv and max
+        pool, the first unit of every stage after the first) takes ceil(side / 2), as XLA."""
+        side = image_size
+        for _ in range(2 + max(len(self.num_layers) - 1, 0)):
+            side = -(-side // 2)
+        return side
 RATES = ("dropout_rate", "attention_dropout_rate", "drop_path_rate")  # the regularisers' fields
 
 
@@ -37,6 +86,10 @@ class ViTConfig:
         The three rates act only in training steps (``train=True`` with a key,
         :meth:`scratchvit.ViT.part_loss_and_grads`); evaluation, prediction and attention maps never
         drop. Rates in [0, 1); 0 by default.
+        resnet: None for a ViT; for a hybrid (paper Sec. 3.1) the :class:`ResNetConfig` whose feature map the
+            patches are taken from (``patch_size`` then counts feature-map cells, e.g. 1 for R50+ViT-B_16;
+            a remainder that no patch covers is dropped, as vit_jax's 'VALID' embedding). A dict of its
+            fields is accepted.
     """
 
     image_size: int = 224
@@ -52,13 +105,24 @@ class ViTConfig:
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
+    resnet: ResNetConfig | None = None
 
     def __post_init__(self):
+        if isinstance(self.resnet, dict):
+            object.__setattr__(self, "resnet", ResNetConfig(**self.resnet))
+        if self.resnet is not None and not isinstance(self.resnet, ResNetConfig):
+            raise ValueError(f"ViTConfig.resnet must be None, a ResNetConfig or a dict of its fields, got "
+                             f"{self.resnet!r}")
         for f in ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "num_classes"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"ViTConfig.{f} must be a positive integer, got {v!r}")
-        if self.image_size % self.patch_size:
+        if self.resnet is not None:
+            side = self.resnet.feature_size(self.image_size)
+            if side < self.patch_size:
+                raise ValueError(f"ViTConfig: the ResNet turns {self.image_size} px into a {side}x{side} map, "
+                                 f"smaller than patch_size {self.patch_size}")
+        elif self.image_size % self.patch_size:
             raise ValueError(
                 f"ViTConfig: image_size {self.image_size} px is not a multiple of patch_size {self.patch_size} px"
             )
@@ -87,9 +151,27 @@ class ViTConfig:
         return self.drop_path_rate * block / (self.num_layers - 1) if self.num_layers > 1 else 0.0
 
     @property
+    def feature_size(self) -> int:
+        """Side of what the patches are cut from: the image (a ViT) or the ResNet's feature map (a hybrid)."""
+        return self.image_size if self.resnet is None else self.resnet.feature_size(self.image_size)
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of what the patches are cut from: 3 (RGB) or the ResNet's output channels."""
+        return 3 if self.resnet is None else self.resnet.out_channels
+
+    @property
+    def effective_patch_size(self) -> int:
+        """Pixels per patch side in the image: the patch size times the ResNet's total stride (16 for
+        R50+ViT-B_16); for odd sizes the 'SAME' steps round up, so this is the stride, not an exact tiling."""
+        if self.resnet is None:
+            return self.patch_size
+        return self.patch_size * 2 ** (2 + max(len(self.resnet.num_layers) - 1, 0))
+
+    @property
     def grid_size(self) -> int:
-        """Patches per side, image_size // patch_size."""
-        return self.image_size // self.patch_size
+        """Patches per side, feature_size // patch_size (image_size // patch_size for a ViT)."""
+        return self.feature_size // self.patch_size
 
     @property
     def num_patches(self) -> int:
@@ -113,8 +195,9 @@ class ViTConfig:
         return dataclasses.asdict(self)
 
 
-def _cfg(patch, hidden, layers, heads, mlp):
-    return ViTConfig(patch_size=patch, hidden_size=hidden, num_layers=layers, num_heads=heads, mlp_dim=mlp)
+def _cfg(patch, hidden, layers, heads, mlp, resnet=None, **more):
+    return ViTConfig(patch_size=patch, hidden_size=hidden, num_layers=layers, num_heads=heads, mlp_dim=mlp,
+                     resnet=None if resnet is None else ResNetConfig(*resnet), **more)
 
 
 MODELS: dict[str, ViTConfig] = {
@@ -126,6 +209,13 @@ MODELS: dict[str, ViTConfig] = {
     "ViT-L_16": _cfg(16, 1024, 24, 16, 4096),
     "ViT-L_32": _cfg(32, 1024, 24, 16, 4096),
     "ViT-H_14": _cfg(14, 1280, 32, 16, 5120),
+    # hybrids (vit_jax configs/models.py get_r_ti16_config ... get_r50_l32_config): the patch counts feature-map
+    # cells; the name gives the effective patch in pixels (the root's stride 4 times 2 per stage after the first)
+    "R+ViT-Ti_16": _cfg(8, 192, 12, 3, 768, resnet=((), 1)),
+    "R50+ViT-B_16": _cfg(1, 768, 12, 12, 3072, resnet=((3, 4, 9), 1), dropout_rate=0.1),  # vit_jax's dropout
+    "R26+ViT-S_32": _cfg(1, 384, 12, 6, 1536, resnet=((2, 2, 2, 2), 1)),
+    "R26+ViT-B_32": _cfg(1, 768, 12, 12, 3072, resnet=((2, 2, 2, 2), 1)),
+    "R50+ViT-L_32": _cfg(1, 1024, 24, 16, 4096, resnet=((3, 4, 6, 3), 1)),
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(ViTConfig)}

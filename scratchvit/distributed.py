@@ -9,8 +9,8 @@ synchronous data parallelism (as ``pmap`` + ``lax.pmean`` in the official vit_ja
   ``--skip-bad-images`` left short splits unevenly, and each rank then weights its mean by its share
   before the allreduce, ``train.train_step``); the data work is therefore repeated on every rank,
   the model work is divided;
-- each rank's gradients and loss go into one contiguous buffer in the parameters' order, summed with
-  ONE allreduce per step and divided by N (:meth:`MPI.allreduce_mean`); on ``--device gpu`` the sum
+- each rank's flat gradient buffer (:mod:`scratchvit.flat`) and loss go into one contiguous buffer, summed
+  with ONE allreduce per step and divided by N (:meth:`MPI.allreduce_mean`); on ``--device gpu`` the sum
   runs on NCCL through CuPy (``cupy.cuda.nccl``, its unique id broadcast over MPI);
 - every rank then applies the same update, so the parameters stay identical without broadcasts;
 - rank 0 alone writes files; evaluation is split across ranks and its sums reduced.
@@ -33,7 +33,6 @@ read once, when :class:`MPI` is set up; the step loop only compares the step wit
 """
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -257,24 +256,17 @@ def init(distributed: str = "auto", timeout: float = 300.0, device: str = "cpu")
     return MPI(_mpi.COMM_WORLD, timeout, device)
 
 
-def flatten(grads: dict, loss, stop):
-    """One contiguous 1-D buffer on the gradients' device: every gradient in ``grads``' order, then the
-    loss (0-d array), then ``stop`` (0-d array: 1.0 where this rank was asked to stop, by Ctrl-C; after
-    the allreduce it is above 0 when any rank was): the allreduce's payload, in the gradients' dtype."""
-    parts = [g for g in grads.values()]
-    xp = namespace(*parts)
-    dtype = parts[0].dtype
-    tail = [xp.reshape(xp.astype(v, dtype), (1,)) for v in (loss, stop)]
-    return xp.concat([xp.reshape(g, (-1,)) for g in parts] + tail)
+def flatten(grads, loss, stop):
+    """The allreduce's payload: one contiguous 1-D buffer on the gradients' device, in their dtype: the flat
+    gradient buffer (:mod:`scratchvit.flat`), then the loss (0-d array), then ``stop`` (0-d array: 1.0 where
+    this rank was asked to stop, by Ctrl-C; after the allreduce it is above 0 when any rank was). One
+    ``concat`` of three arrays."""
+    xp = namespace(grads)
+    tail = [xp.reshape(xp.astype(v, grads.dtype), (1,)) for v in (loss, stop)]
+    return xp.concat([grads] + tail)
 
 
-def unflatten(buf, grads: dict):
-    """(loss, {name: view of buf shaped like grads[name]}, stop): the inverse of :func:`flatten`, the loss
-    and stop flag as 0-d arrays on the buffer's device (nothing is read back to the host)."""
-    xp = namespace(buf)
-    out, offset = {}, 0
-    for k, g in grads.items():
-        size = math.prod(g.shape)
-        out[k] = xp.reshape(buf[offset:offset + size], g.shape)
-        offset += size
-    return buf[offset], out, buf[offset + 1]
+def unflatten(buf, size: int):
+    """(loss, grads, stop): the inverse of :func:`flatten` for a gradient buffer of ``size`` elements; grads a
+    view of ``buf``, the loss and stop flag 0-d arrays on its device (nothing is read back to the host)."""
+    return buf[size], buf[:size], buf[size + 1]

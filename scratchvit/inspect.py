@@ -9,7 +9,9 @@ writes to ``--out``:
 * ``embedding_filters.png``: the first 28 principal components of the patch-embedding filters
   (``embedding/kernel``, (P, P, 3, D): PCA over the D filters, each a P x P x 3 patch; Fig. 7 left;
   for a model of grey images, MNIST or Fashion-MNIST, the filters summed over the 3 channels, the
-  part that acts on R = G = B inputs: ``--filters``);
+  part that acts on R = G = B inputs: ``--filters``). A hybrid (paper Sec. 3.1) has no filters on
+  pixels in its patch embedding, which convolves the ResNet's feature map: the panel shows the
+  ResNet root's 7x7 filters instead (``conv_root/kernel``, standardised as its StdConv applies them);
 * ``position_similarity.png``: the cosine similarity of each patch position's position embedding
   with every other one, one small grid per position, one colour scale (Fig. 7 centre);
 * ``attention_distance.png``: the mean attention distance in pixels of every head against depth
@@ -26,7 +28,6 @@ dataset, no matplotlib) prints one line on stderr and exits with code 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -34,17 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import DEVICES, device_of, namespace, to_numpy
-from .checks import check_positive_int
-from .data import DATASETS, Batches
+from .backend import device_of, namespace, to_numpy
+from .checks import InputError, check_positive_int
+from .data import Batches
 from .evaluate import open_dataset
 from .files import write_atomic, write_text_atomic
 from .model import ViT
+from .ops.weight_standardize import weight_standardize_forward
 from .params import POSEMB
-from .plot import InputError as PlotInputError
 from .plot import _import_pyplot
-from .predict import InputError, _load_image
+from .predict import _load_image
 from .runs import run_gelu, run_info
+from .settings import InspectSettings, parse_settings
 
 N_COMPONENTS = 28  # principal components drawn, as Fig. 7 left
 GREY_DATASETS = ("mnist", "fashion-mnist")  # R = G = B: --filters auto shows the filters summed over RGB
@@ -227,7 +229,7 @@ def mean_attention_distance(model: ViT, inputs):
     n = 0
     for x in inputs:
         for i, a in enumerate(model.attention_probabilities(x)):
-            dist, share = attention_distance(a, c.patch_size, c.classifier)
+            dist, share = attention_distance(a, c.effective_patch_size, c.classifier)
             dist_sum[i] += dist.sum(axis=0)
             if share is not None:
                 share_sum[i] += share.sum(axis=0)
@@ -245,7 +247,8 @@ def _save(fig, plt, path) -> None:
         plt.close(fig)
 
 
-def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, title: str = "") -> None:
+def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, title: str = "",
+                           name: str = "Patch-embedding filters") -> None:
     """Draw the principal components of the patch-embedding filters (Fig. 7 left) to the PNG ``path``.
 
     Args:
@@ -253,10 +256,11 @@ def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, titl
             [0, 1] on its own (RGB for C = 3, grey otherwise: e.g. filters summed over the channels), 7 to
             a row.
         ratio: (k,) explained variance ratios, shown in percent above each component.
-        path: the PNG to write (atomically). title: appended to the figure's title.
+        path: the PNG to write (atomically). title: appended to the figure's title. name: what the
+            filters are (a hybrid's ResNet root filters: :func:`inspect_model`).
 
     Raises:
-        plot.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
+        checks.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
     """
     plt = _import_pyplot()
     k = len(components)
@@ -275,7 +279,7 @@ def plot_embedding_filters(components: np.ndarray, ratio: np.ndarray, path, titl
         ax.set_title(f"PC {i + 1}: {100 * ratio[i]:.1f}%", fontsize=8)
     p = components.shape[1]
     what = "RGB" if components.shape[-1] == 3 else "summed over RGB"
-    fig.suptitle(f"Patch-embedding filters: first {k} principal components\n({p}x{p} px, {what}; "
+    fig.suptitle(f"{name}: first {k} principal components\n({p}x{p} px, {what}; "
                  f"% of the filters' variance){title}", fontsize=10)
     fig.tight_layout()
     _save(fig, plt, path)
@@ -290,7 +294,7 @@ def plot_position_similarity(sim: np.ndarray, path, title: str = "") -> None:
         sim: (g*g, g*g) from :func:`position_similarity`. path: the PNG (written atomically).
 
     Raises:
-        plot.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
+        checks.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
         ValueError: ``sim`` is not square over a square grid.
     """
     plt = _import_pyplot()
@@ -333,7 +337,7 @@ def plot_attention_distance(distance: np.ndarray, path, image_size: int, uniform
             patches: the mean distance between patch centres, :func:`patch_distances`).
 
     Raises:
-        plot.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
+        checks.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
     """
     plt = _import_pyplot()
     L, H = distance.shape
@@ -375,24 +379,33 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = Fa
         grey: PCA of the filters summed over the colour channels (``embedding_components(sum_channels=True)``).
 
     Raises:
-        plot.InputError: matplotlib is missing. ValueError: no images, or images the model refuses.
+        checks.InputError: matplotlib is missing. ValueError: no images, or images the model refuses.
         OSError: ``out`` cannot be written.
     """
     c = model.config
-    comps, var, ratio = embedding_components(model.params["embedding/kernel"], sum_channels=grey)
+    if c.resnet is None:
+        kernel, name = model.params["embedding/kernel"], "Patch-embedding filters"
+        method = "PCA over the D filters (each P*P*C values), centred, SVD"
+    else:  # a hybrid's embedding sees the feature map: the filters on pixels are the ResNet root's
+        kernel, _ = weight_standardize_forward(np.asarray(to_numpy(model.params["conv_root/kernel"]), np.float64))
+        name = "Hybrid: ResNet root filters (conv_root, standardised)"
+        method = ("hybrid (paper Sec. 3.1): the patch embedding convolves the ResNet's feature map, so the panel "
+                  "shows the root's 7x7 StdConv filters (conv_root/kernel, weight-standardised); PCA over its "
+                  "filters (each 7*7*3 values), centred, SVD")
+    comps, var, ratio = embedding_components(kernel, sum_channels=grey)
     sim = position_similarity(model.params[POSEMB], c.classifier)
     distance, share, n = mean_attention_distance(model, inputs)
-    g = c.image_size // c.patch_size
-    uniform = float(patch_distances(g, c.patch_size).mean())
-    plot_embedding_filters(comps, ratio, out / FILES[0])
+    g = c.grid_size
+    uniform = float(patch_distances(g, c.effective_patch_size).mean())
+    plot_embedding_filters(comps, ratio, out / FILES[0], name=name)
     plot_position_similarity(sim, out / FILES[1])
     plot_attention_distance(distance, out / FILES[2], c.image_size, uniform=uniform,
                             title=f"; {n} image{'s' if n != 1 else ''}")
     doc = {
         "settings": {**settings, "images": n, "model_config": c.to_dict()},
         "embedding_filters": {
-            "kernel_shape": list(model.params["embedding/kernel"].shape),
-            "method": "PCA over the D filters (each P*P*C values), centred, SVD",
+            "kernel_shape": list(kernel.shape),
+            "method": method,
             "filters": "summed over the colour channels (grey inputs)" if grey else "RGB",
             "explained_variance": var.tolist(), "explained_variance_ratio": ratio.tolist()},
         "position_similarity": {
@@ -410,36 +423,10 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = Fa
     return doc
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The inspect CLI's arguments from ``argv`` (the command line if None); exits with status 2 and a
-    usage message on a bad one (argparse)."""
-    p = argparse.ArgumentParser(prog="python -m scratchvit.inspect", description=__doc__.split("\n\n")[0])
-    p.add_argument("files", nargs="*", metavar="IMAGE", help="image files (any format Pillow reads), "
-                                                              "instead of --dataset")
-    p.add_argument("--checkpoint", required=True, help="an .npz checkpoint (official layout)")
-    p.add_argument("--out", required=True, help="folder for the three PNGs and inspect.json (created if missing)")
-    p.add_argument("--dataset", choices=DATASETS, help="take the images from this dataset's test split")
-    p.add_argument("--data-dir", help="where the dataset files are (default: system copy / data/)")
-    p.add_argument("--images", type=int, default=128,
-                   help="use the first N images (default: 128, as the paper's Appendix D.7)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--image-size", type=int, help="run the model at this input side, pixels (the position "
-                                                  "embedding is resized bilinearly; default: the checkpoint's)")
-    p.add_argument("--gelu", choices=("tanh", "erf"), help="GELU form of the weights (default: the run's "
-                                                          "config.json next to the checkpoint, else tanh)")
-    p.add_argument("--filters", choices=("auto", "rgb", "grey"), default="auto",
-                   help="PCA of the RGB patch-embedding filters, or of the filters summed over the colour channels "
-                        "(grey: all that acts on grey images); default auto: grey for a model of mnist or "
-                        "fashion-mnist (--dataset, else the run's config.json), rgb otherwise")
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="default: cpu")
-    args = p.parse_args(argv)
-    if bool(args.dataset) == bool(args.files):
-        p.error("give either --dataset or image files (one of them)")
-    for name in ("images", "batch_size", "image_size"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    return args
+def parse_args(argv=None) -> InspectSettings:
+    """The inspect CLI's settings (:class:`scratchvit.settings.InspectSettings`) from ``argv`` (the command
+    line if None); exits with status 2 and a usage message on a bad one (argparse)."""
+    return parse_settings(InspectSettings, argv, "python -m scratchvit.inspect", __doc__.split("\n\n")[0])
 
 
 def main(argv=None) -> int:
@@ -485,7 +472,7 @@ def main(argv=None) -> int:
                 doc = inspect_model(model, (x for _, x, _ in batches), out, settings, grey=grey)
         except (ValueError, OSError) as e:
             raise InputError(str(e)) from e
-    except (InputError, PlotInputError) as e:
+    except InputError as e:
         print(f"inspect: error: {e}", file=sys.stderr)
         return 2
     d = np.asarray(doc["attention_distance"]["mean_attention_distance"])

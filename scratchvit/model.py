@@ -11,6 +11,16 @@ The forward pass reads as the paper's equations (Dosovitskiy et al., ICLR 2021, 
 and the backward pass reads the same list bottom to top. Parameter names, shapes and
 initialisation (official ``vit_jax/models_vit.py``) live in :mod:`scratchvit.params`.
 
+A hybrid (Sec. 3.1, "Hybrid Architecture"; ``config.resnet`` set) takes the patches x_p of Eq. 1 from a
+ResNet's feature map instead of the image, as vit_jax ``VisionTransformer.__call__`` and
+``models_resnet.ResidualUnit`` do (every convolution a StdConv, 'SAME', no bias; GN = group norm):
+
+    root:  x = maxpool_3x3/2(relu(GN(conv_7x7/2(image))))
+    unit:  y = relu(GN1(conv1_1x1(x)));  y = relu(GN2(conv2_3x3/s(y)));  y = GN3(conv3_1x1(y))
+           x = relu(residual + y),  residual = GN_proj(conv_proj_1x1/s(x)) where channels or stride change, else x
+
+then the ``embedding`` convolution (the patch size as kernel and stride, 'VALID') over the feature map.
+
 In a training step (``train=True`` with an :class:`~scratchvit.ops.RngKey`) the regularisers of the
 config act where the official ``models_vit.py`` puts them: dropout (``dropout_rate``) on z_0, on the
 MSA output, after the MLP's GELU and after its second dense layer; attention dropout
@@ -20,14 +30,27 @@ the forward and backward are the plain equations above, bit for bit.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from . import ops, step
-from .backend import check_dtype, device_object, module_for, to_device
+from .backend import check_dtype, device_object, dtype_of, module_for, to_device
 from .checkpoint import load_checkpoint
 from .configs import ViTConfig, get_config
+from .flat import Layout
 from .ops.dropout import EMBEDDING_SITE, site
-from .params import ATTN, ATTN_KEYS, MLP, POSEMB, block_prefix, check_params, init_params, param_shapes
+from .params import (
+    ATTN,
+    ATTN_KEYS,
+    MLP,
+    POSEMB,
+    block_prefix,
+    check_params,
+    init_params,
+    param_shapes,
+    resnet_units,
+)
 
 
 class ViT:
@@ -35,7 +58,12 @@ class ViT:
 
     Attributes:
         config: the :class:`~scratchvit.configs.ViTConfig` geometry.
-        params: dict, official parameter name -> array (float32 or float64, on the device).
+        params: dict, official parameter name -> array (float32 or float64, on the device): each a view
+            into ``flat`` (:mod:`scratchvit.flat`). Write into them (``params[k][...] = x``, ``+=``);
+            an entry rebound to another array is no longer the model's parameter.
+        flat: 1-D array holding every parameter (``layout.size`` elements, the model's dtype and device):
+            what the optimiser, the gradient norm and the clipping work on.
+        layout: the :class:`~scratchvit.flat.Layout` of ``flat`` (names, shapes, offsets).
         device: "cpu", "gpu" (or "strict": array-api-strict's non-CPU device, for tests).
         dtype: numpy dtype of parameters and activations.
         xp: the array-API namespace of the parameters (:func:`scratchvit.backend.module_for`).
@@ -46,9 +74,8 @@ class ViT:
                  params: dict | None = None):
         """Build a model with fresh parameters (``seed``), or around given ``params``.
 
-        Given ``params`` already on ``device`` with ``dtype`` are used as they are, not copied
-        (:func:`scratchvit.backend.to_device`): training then updates the caller's arrays in place.
-        Pass copies to keep the originals.
+        Given ``params`` are copied into the model's flat buffer (:mod:`scratchvit.flat`): training
+        updates the model's arrays, never the caller's.
 
         Raises:
             ValueError: unknown model name / device / dtype, or ``params`` whose names or
@@ -63,7 +90,9 @@ class ViT:
         if params is None:
             params = init_params(self.config, seed)
         check_params(params, self.config)
-        self.params = {k: to_device(params[k], device, self.dtype) for k in param_shapes(self.config)}
+        self.layout = Layout.of(param_shapes(self.config))
+        self.flat = self.layout.gather({k: to_device(params[k], device, self.dtype) for k in self.layout.names})
+        self.params = self.layout.views(self.flat)
 
     @classmethod
     def from_checkpoint(cls, path, num_classes: int | None = None, image_size: int | None = None,
@@ -116,6 +145,15 @@ class ViT:
         key = key if train else None  # evaluation, prediction, attention maps: no dropout
         drop, attn_drop = c.dropout_rate, c.attention_dropout_rate
 
+        # Sec. 3.1 hybrid: the ResNet's feature map takes the image's place; its cells beyond the last whole
+        # patch are dropped (the official 'VALID' embedding).
+        if c.resnet is not None:
+            x, caches["resnet"] = self._resnet_forward(x)
+            caches["feature_shape"] = x.shape
+            side = c.grid_size * c.patch_size
+            if side != x.shape[1]:
+                x = x[:, :side, :side, :]
+
         # Eq. 1: patch embedding, class token, position embedding.
         x, caches["embedding"] = ops.patch_embedding_forward(x, p["embedding/kernel"], p["embedding/bias"])
         B = x.shape[0]
@@ -160,6 +198,79 @@ class ViT:
             x, caches["pre_logits_tanh"] = ops.tanh_forward(x)
         logits, caches["head"] = ops.dense_forward(x, p["head/kernel"], p["head/bias"])
         return logits, (caches if keep_cache else None)
+
+    # ------------------------------------------------------------------ the hybrid's ResNet (Sec. 3.1)
+    def _std_conv(self, x, name, stride):
+        """vit_jax ``models_resnet.StdConv``: the convolution ('SAME', no bias) of the standardised kernel."""
+        w, standardize = ops.weight_standardize_forward(self.params[name + "/kernel"])
+        y, conv = ops.conv2d_forward(x, w, None, stride, "SAME")
+        return y, (standardize, conv)
+
+    def _group_norm(self, x, name):
+        return ops.group_norm_forward(x, self.params[name + "/scale"], self.params[name + "/bias"])
+
+    def _resnet_forward(self, x):
+        """The root and the stages of bottleneck units (vit_jax ``VisionTransformer.__call__``'s resnet branch,
+        ``ResidualUnit.__call__``), top to bottom. Returns the feature map (B, h, w, C) and a dict of caches
+        keyed by module name ("conv_root", ..., "block1/unit1/conv1", ...)."""
+        cache = {}
+        # root: StdConv 7x7 stride 2, group norm, ReLU, max pool 3x3 stride 2 ('SAME', padded with -inf)
+        x, cache["conv_root"] = self._std_conv(x, "conv_root", 2)
+        x, cache["gn_root"] = self._group_norm(x, "gn_root")
+        x, cache["relu_root"] = ops.relu_forward(x)
+        x, cache["max_pool"] = ops.max_pool_forward(x, 3, 2)
+        # stages: block{b}/unit{u}, each a bottleneck unit
+        for unit in resnet_units(self.config):
+            u = unit.prefix
+            residual = x
+            if unit.projection:
+                residual, cache[u + "conv_proj"] = self._std_conv(x, u + "conv_proj", unit.stride)
+                residual, cache[u + "gn_proj"] = self._group_norm(residual, u + "gn_proj")
+            y, cache[u + "conv1"] = self._std_conv(x, u + "conv1", 1)
+            y, cache[u + "gn1"] = self._group_norm(y, u + "gn1")
+            y, cache[u + "relu1"] = ops.relu_forward(y)
+            y, cache[u + "conv2"] = self._std_conv(y, u + "conv2", unit.stride)
+            y, cache[u + "gn2"] = self._group_norm(y, u + "gn2")
+            y, cache[u + "relu2"] = ops.relu_forward(y)
+            y, cache[u + "conv3"] = self._std_conv(y, u + "conv3", 1)
+            y, cache[u + "gn3"] = self._group_norm(y, u + "gn3")
+            x, cache[u + "relu3"] = ops.relu_forward(residual + y)
+        return x, cache
+
+    def _std_conv_backward(self, dy, cache, g, name, need_dx=True):
+        standardize, conv = cache
+        dx, dw, _ = ops.conv2d_backward(dy, conv, need_dx=need_dx)
+        g[name + "/kernel"] = ops.weight_standardize_backward(dw, standardize)
+        return dx
+
+    @staticmethod
+    def _group_norm_backward(dy, cache, g, name):
+        dx, g[name + "/scale"], g[name + "/bias"] = ops.group_norm_backward(dy, cache)
+        return dx
+
+    def _resnet_backward(self, dx, cache, g, need_dinput):
+        """:meth:`_resnet_forward` read bottom to top; fills ``g`` with the ResNet's gradients and returns
+        d loss / d images when ``need_dinput`` (else None)."""
+        for unit in reversed(resnet_units(self.config)):
+            u = unit.prefix
+            dx = ops.relu_backward(dx, cache.pop(u + "relu3"))  # x = relu(residual + y): both get dx
+            dy = self._group_norm_backward(dx, cache.pop(u + "gn3"), g, u + "gn3")
+            dy = self._std_conv_backward(dy, cache.pop(u + "conv3"), g, u + "conv3")
+            dy = ops.relu_backward(dy, cache.pop(u + "relu2"))
+            dy = self._group_norm_backward(dy, cache.pop(u + "gn2"), g, u + "gn2")
+            dy = self._std_conv_backward(dy, cache.pop(u + "conv2"), g, u + "conv2")
+            dy = ops.relu_backward(dy, cache.pop(u + "relu1"))
+            dy = self._group_norm_backward(dy, cache.pop(u + "gn1"), g, u + "gn1")
+            dy = self._std_conv_backward(dy, cache.pop(u + "conv1"), g, u + "conv1")
+            if unit.projection:
+                dx = self._group_norm_backward(dx, cache.pop(u + "gn_proj"), g, u + "gn_proj")
+                dx = self._std_conv_backward(dx, cache.pop(u + "conv_proj"), g, u + "conv_proj")
+            dy += dx
+            dx = dy
+        dx = ops.max_pool_backward(dx, cache.pop("max_pool"))
+        dx = ops.relu_backward(dx, cache.pop("relu_root"))
+        dx = self._group_norm_backward(dx, cache.pop("gn_root"), g, "gn_root")
+        return self._std_conv_backward(dx, cache.pop("conv_root"), g, "conv_root", need_dx=need_dinput)
 
     def forward(self, images, keep_cache: bool = False):
         """Logits for a batch of images; with ``keep_cache`` also what :meth:`backward` needs.
@@ -243,8 +354,16 @@ class ViT:
         if c.classifier == "token":
             g["cls"] = xp.sum(dx[:, :1, :], axis=0, keepdims=True)
             dx = dx[:, 1:, :]
+        hybrid = c.resnet is not None
         dimages, g["embedding/kernel"], g["embedding/bias"] = ops.patch_embedding_backward(
-            dx, caches["embedding"], need_dx=need_dinput)
+            dx, caches["embedding"], need_dx=need_dinput or hybrid)
+        if hybrid:  # Sec. 3.1: back through the ResNet; the dropped remainder cells get zero
+            shape = caches["feature_shape"]
+            if dimages.shape != shape:
+                dfeat = xp.zeros(shape, dtype=dimages.dtype, device=self.device_object)
+                dfeat[:, :dimages.shape[1], :dimages.shape[2], :] = dimages
+                dimages = dfeat
+            dimages = self._resnet_backward(dimages, caches["resnet"], g, need_dinput)
         grads = {k: g[k] for k in p}  # the official order
         if need_dinput:
             grads["images"] = dimages
@@ -311,16 +430,20 @@ class ViT:
         return float(loss), grads
 
     def cast(self, dtype) -> "ViT":
-        """This model with its parameters in ``dtype`` ("float16" for mixed precision; a copy of each
-        array, or this model itself when the dtype is already its own). The copy's updates do not
-        reach this model's parameters.
+        """This model with its parameters in ``dtype`` ("float16" for mixed precision: a copy of the flat
+        buffer, one cast, with its own views; or this model itself when the dtype is already its own).
+        The copy's updates do not reach this model's parameters.
 
         Raises:
             ValueError: a dtype other than float16, float32, float64.
         """
         if check_dtype(dtype) == self.dtype:
             return self
-        return ViT(self.config, device=self.device, dtype=dtype, params=self.params)
+        model = copy.copy(self)  # the same config and layout; a new buffer: one cast of the whole of it
+        model.dtype = check_dtype(dtype)
+        model.flat = self.xp.astype(self.flat, dtype_of(self.xp, model.dtype))
+        model.params = model.layout.views(model.flat)
+        return model
 
     def num_params(self) -> int:
         """Number of scalar parameters."""

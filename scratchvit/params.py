@@ -3,7 +3,10 @@
 Names follow the official pre-Linen checkpoints (``vit_jax/models_vit.py`` and the ``.npz`` files
 on gs://vit_models): "embedding/kernel", "cls", "Transformer/posembed_input/pos_embedding",
 "Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
-MlpBlock_3}/...", "Transformer/encoder_norm/...", "pre_logits/...", "head/...".
+MlpBlock_3}/...", "Transformer/encoder_norm/...", "pre_logits/...", "head/...". A hybrid (paper
+Sec. 3.1) adds its ResNet's, as in the official ``R50+ViT-B_16.npz`` (vit_jax ``models_vit``,
+``models_resnet``): "conv_root/kernel", "gn_root/{scale,bias}", and per bottleneck unit
+"block{b}/unit{u}/{conv1,conv2,conv3,conv_proj}/kernel", "block{b}/unit{u}/{gn1,gn2,gn3,gn_proj}/{scale,bias}".
 
 This module imports only NumPy and :mod:`scratchvit.configs`: the model and the checkpoint
 reader both import it, and neither imports the other's dependents (as the official
@@ -12,7 +15,8 @@ reader both import it, and neither imports the other's dependents (as the offici
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -29,6 +33,37 @@ ATTN_KEYS = tuple(f"{n}/{leaf}" for n in ATTN_PROJ for leaf in ("kernel", "bias"
 TOP_LEVEL = ("embedding/kernel", "embedding/bias", "cls", POSEMB, "Transformer/encoder_norm/scale",
              "Transformer/encoder_norm/bias", "pre_logits/kernel", "pre_logits/bias", "head/kernel", "head/bias")
 
+RESNET_ROOT = ("conv_root/kernel", "gn_root/scale", "gn_root/bias")
+_UNIT_RE = re.compile(r"^block\d+/unit\d+/(?:(?:conv[123]|conv_proj)/kernel|(?:gn[123]|gn_proj)/(?:scale|bias))$")
+
+
+class Unit(NamedTuple):
+    """One bottleneck unit of a hybrid's ResNet (vit_jax ``models_resnet.ResidualUnit``)."""
+
+    prefix: str  # "block{b}/unit{u}/"
+    in_channels: int
+    features: int  # the bottleneck width; the unit outputs 4 * features channels
+    stride: int  # of conv2 (3x3) and conv_proj: 2 in the first unit of every stage after the first
+    projection: bool  # conv_proj + gn_proj on the residual: the channels or the stride change
+
+
+def resnet_units(config: ViTConfig) -> list[Unit]:
+    """The bottleneck units of ``config``'s ResNet in order (none for a ViT or a root alone): stage b
+    (``block{b}``, 1-based) has ``num_layers[b-1]`` units of width ``width * 2**(b-1)``; its first unit has
+    stride 2 for b > 1 (vit_jax ``VisionTransformer.__call__``, ``ResNetStage``)."""
+    r = config.resnet
+    if r is None:
+        return []
+    units, channels = [], r.width
+    for b, n in enumerate(r.num_layers):
+        features = r.width * 2 ** b
+        for u in range(n):
+            stride = 2 if (b > 0 and u == 0) else 1
+            units.append(Unit(f"block{b + 1}/unit{u + 1}/", channels, features, stride,
+                              channels != 4 * features or stride != 1))
+            channels = 4 * features
+    return units
+
 
 def block_prefix(i: int) -> str:
     """Name prefix of encoder block ``i``: "Transformer/encoderblock_{i}/"."""
@@ -39,7 +74,21 @@ def param_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's official name and shape for ``config``, in the official order."""
     c = config
     P, D, H, hd, M = c.patch_size, c.hidden_size, c.num_heads, c.head_dim, c.mlp_dim
-    shapes = {"embedding/kernel": (P, P, 3, D), "embedding/bias": (D,)}
+    shapes = {}
+    if c.resnet is not None:  # the order in which vit_jax creates them
+        w = c.resnet.width
+        shapes.update({"conv_root/kernel": (7, 7, 3, w), "gn_root/scale": (w,), "gn_root/bias": (w,)})
+        for u in resnet_units(c):
+            f, out = u.features, 4 * u.features
+            if u.projection:
+                shapes.update({u.prefix + "conv_proj/kernel": (1, 1, u.in_channels, out),
+                               u.prefix + "gn_proj/scale": (out,), u.prefix + "gn_proj/bias": (out,)})
+            for conv, gn, k, cin, cout in (("conv1", "gn1", 1, u.in_channels, f), ("conv2", "gn2", 3, f, f),
+                                           ("conv3", "gn3", 1, f, out)):
+                shapes[u.prefix + conv + "/kernel"] = (k, k, cin, cout)
+                shapes[u.prefix + gn + "/scale"] = (cout,)
+                shapes[u.prefix + gn + "/bias"] = (cout,)
+    shapes.update({"embedding/kernel": (P, P, c.feature_channels, D), "embedding/bias": (D,)})
     if c.classifier == "token":
         shapes["cls"] = (1, 1, D)
     shapes[POSEMB] = (1, c.seq_len, D)
@@ -71,7 +120,7 @@ def param_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
 
 def is_official_name(name: str) -> bool:
     """Whether ``name`` is an official (pre-Linen) ViT parameter name of some geometry."""
-    if name in TOP_LEVEL:
+    if name in TOP_LEVEL or name in RESNET_ROOT or _UNIT_RE.match(name):
         return True
     head, _, rest = name.partition("/encoderblock_")
     num, _, rest = rest.partition("/")
@@ -141,6 +190,9 @@ def init_params(config: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
     - MLP biases: normal(std 1e-6); attention biases: zeros;
     - class token zeros; position embedding normal(std 0.02); layer norms scale 1, bias 0;
     - head: zeros (``head_zero_init``).
+    - hybrid ResNet: convolution kernels LeCun normal (Flax ``nn.Conv`` default), group norms scale 1 and
+      bias 0, except ``gn3``'s scale: zeros (``scale_init=nn.initializers.zeros``: each unit starts as its
+      residual path).
     """
     rng = np.random.default_rng(seed)
     params = {}
@@ -150,9 +202,11 @@ def init_params(config: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
             v = rng.normal(0.0, 0.02, shape)
         elif name.startswith("head/") or name == "cls":
             v = np.zeros(shape)
+        elif name.endswith("/gn3/scale"):
+            v = np.zeros(shape)
         elif leaf == "scale":
             v = np.ones(shape)
-        elif name in ("embedding/kernel", "pre_logits/kernel"):
+        elif name in ("embedding/kernel", "pre_logits/kernel") or name.startswith(("conv_root/", "block")):
             fan_in = math.prod(shape[:-1])
             # 0.8796... is the std of a unit normal truncated to +-2 (as in jax's variance_scaling).
             v = _truncated_normal(rng, shape, math.sqrt(1.0 / fan_in) / 0.87962566103423978)

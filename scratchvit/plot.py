@@ -12,18 +12,15 @@ a missing or malformed metrics file. The PNG is written atomically (temporary fi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from .checks import InputError
 from .files import write_atomic
+from .settings import PlotSettings, parse_settings
 
 SPLITS = ("train", "val", "test")
-
-
-class InputError(Exception):
-    """Bad user input: reported as one line, exit code 2."""
 
 
 def metrics_path(run) -> Path:
@@ -140,14 +137,9 @@ def main(argv=None) -> int:
     """``python -m scratchvit.plot RUN [RUN ...] [--out PNG]``: loss and accuracy against step of one or more
     runs in one PNG. Returns the exit status: 0, or 2 with a one-line message on stderr for an unreadable
     metrics file or a missing output folder (argparse exits 2 on a bad argument)."""
-    p = argparse.ArgumentParser(prog="python -m scratchvit.plot", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.jsonl) or metrics.jsonl files")
-    p.add_argument("--out", help="the PNG to write (default: curves.png in the first run's folder)")
-    args = p.parse_args(argv)
+    args = parse_settings(PlotSettings, argv, "python -m scratchvit.plot", __doc__.split("\n\n")[0])
     first = metrics_path(args.runs[0])
     out = Path(args.out) if args.out else first.parent / "curves.png"
-    if out.suffix.lower() != ".png":
-        p.error(f"--out must name a .png file, got {str(out)!r}")
     try:
         runs = {}
         for r in args.runs:

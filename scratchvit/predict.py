@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from . import ops
 from .backend import namespace, to_numpy
+from .checks import InputError
 from .data import load_image, to_float
 from .files import write_atomic
 from .model import ViT
@@ -32,10 +33,6 @@ from .runs import run_gelu, run_info
 from .settings import PredictSettings, parse_settings
 
 IMAGENET_LABELS = Path(__file__).resolve().parent / "labels" / "imagenet1k.txt"
-
-
-class InputError(Exception):
-    """Bad user input: reported as one line, exit code 2."""
 
 
 def _load_image(path, image_size: int) -> np.ndarray:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import to_device
+from .backend import to_device, to_numpy
 from .checkpoint import read_npz, save_checkpoint, save_npz_atomic
 from .files import WriteError, write_error, write_text_atomic
+from .optim import state_by_name
 
 
 def write_config(out: Path, settings: dict, model, ds, **sizes) -> None:
@@ -114,8 +115,10 @@ def save_state(out: Path, model, opt_state: dict, step: int, best_val: float, se
         WriteError: a file cannot be written (the message names it, the space it needs, and which
         step the resume point in ``out`` holds).
     """
-    arrays = {f"params/{k}": v for k, v in model.params.items()}
-    arrays.update({f"opt/{k}": v for k, v in opt_state.items()})
+    layout = model.layout  # the flat buffers come to the host whole, one copy each, and are cut there
+    arrays = {f"params/{k}": v for k, v in layout.views(to_numpy(model.flat)).items()}
+    arrays.update({f"opt/{k}": v for k, v in state_by_name({k: to_numpy(v) for k, v in opt_state.items()},
+                                                              layout).items()})
     arrays["step"] = np.array(step, np.int64)
     arrays["best_val_accuracy"] = np.array(best_val, np.float64)
     arrays["seed"] = np.array(seed, np.int64)
@@ -155,7 +158,11 @@ def load_state(out: Path, model, opt_state: dict, loss_scale=None) -> tuple[int,
     """Restore parameters, optimiser state (and an fp16 run's ``loss_scale``, a
     :class:`scratchvit.step.LossScale`) from state.npz in place; return (step, best_val_accuracy).
 
-    A state.npz written before it held the parameters (older runs) takes them from last.npz.
+    The file stores every array per parameter name ("params/<name>", "opt/<slot>/<name>", "opt/count"), as
+    it did before the flat buffers (:mod:`scratchvit.flat`): each is written into its view of the model's
+    flat buffer and of the optimiser's (:func:`scratchvit.optim.state_by_name`), so a resume point written
+    before them loads as it is. A state.npz written before it held the parameters (older runs) takes them
+    from last.npz.
 
     Raises:
         FileNotFoundError / ValueError: missing files, or arrays whose names or shapes are not this
@@ -173,14 +180,22 @@ def load_state(out: Path, model, opt_state: dict, loss_scale=None) -> tuple[int,
     if wrong:
         raise ValueError(f"--resume: {path} holds {wrong[0]} of shape {tuple(params[wrong[0]].shape)}, this run's "
                          f"is {tuple(model.params[wrong[0]].shape)}")
-    missing = [k for k in opt_state if f"opt/{k}" not in st]
+    named = state_by_name(opt_state, model.layout)
+    missing = [k for k in named if f"opt/{k}" not in st]
     if missing:
-        raise ValueError(f"--resume: {out / 'state.npz'} lacks optimiser state {missing[:3]}")
-    for k in model.params:
-        model.params[k] = to_device(params[k], model.device, model.dtype)
-    for k in list(opt_state):
-        saved = st[f"opt/{k}"]
-        opt_state[k] = to_device(saved, model.device, None if k == "count" else model.dtype)
+        raise ValueError(f"--resume: {out / 'state.npz'} lacks optimiser state {missing[:3]} (was the run started "
+                         "with another --optimizer?)")
+    wrong = [k for k, v in named.items() if tuple(st[f"opt/{k}"].shape) != tuple(v.shape)]
+    if wrong:
+        raise ValueError(f"--resume: {out / 'state.npz'} holds optimiser state {wrong[0]} of shape "
+                         f"{tuple(st['opt/' + wrong[0]].shape)}, this run's is {tuple(named[wrong[0]].shape)}")
+    for k, view in model.params.items():  # into the flat buffer's views: the buffer stays the model's
+        view[...] = to_device(params[k], model.device, model.dtype)
+    for k, view in named.items():
+        if k in opt_state:  # a 0-d entry kept as it is (AdamW's step count)
+            opt_state[k] = to_device(st[f"opt/{k}"], model.device)
+        else:
+            view[...] = to_device(st[f"opt/{k}"], model.device, model.dtype)
     if loss_scale is not None:
         loss_scale.restore(st)
     return int(st["step"]), float(st["best_val_accuracy"])

@@ -16,7 +16,9 @@ the parts' gradients need no rescaling and are summed as they come.
 
 :func:`train_step` is what ``python -m scratchvit.train`` runs per batch: the host batch moves to
 the model's device once, here; gradients, clipping and the optimiser update stay on the device;
-the loss, the gradient norm and the stop flag come back to the host in one read per step.
+the loss, the gradient norm and the stop flag come back to the host in one read per step. The
+gradients are summed in one flat buffer of the parameters' layout (:mod:`scratchvit.flat`), so the
+unscaling, the norm, the clipping, the MPI allreduce and the optimiser update each run over one array.
 
 Mixed precision (``precision="fp16"``; Micikevicius et al., ICLR 2018): the model keeps float32
 master parameters and optimiser state; each step runs forward and backward on a float16 copy of
@@ -115,19 +117,14 @@ class StepResult:
     stop: bool = False
 
 
-def _add(total: dict | None, grads: dict, dtype) -> dict:
-    """total += grads, in place; the first part's arrays become the total (cast to ``dtype`` if given)."""
+def _add(total, part, dtype):
+    """total += part (flat gradient buffers), in place; the first part becomes the total (cast to ``dtype``)."""
     if total is None:
-        if dtype is None:
-            return grads
-        return {k: namespace(g).astype(g, dtype) if k != "images" else g for k, g in grads.items()}
-    for k, g in grads.items():
-        if k == "images":  # an input gradient: the parts' rows, side by side
-            total[k] = namespace(g).concat([total[k], g], axis=0)
-        elif g.dtype == total[k].dtype:
-            total[k] += g
-        else:
-            total[k] += namespace(g).astype(g, total[k].dtype)
+        return part if dtype is None else namespace(part).astype(part, dtype)
+    if part.dtype == total.dtype:
+        total += part
+    else:
+        total += namespace(part).astype(part, total.dtype)
     return total
 
 
@@ -154,7 +151,34 @@ def loss_and_grads(model, images, labels, *, total: float | None = None, accum_s
 
     Returns:
         (loss, grads): the mean loss over ``total`` images as a 0-d array on the device (no host read),
-        and {name: array} shaped like the parameters, times ``loss_scale``.
+        and {name: array} shaped like the parameters, times ``loss_scale``: views into one flat gradient
+        buffer (:func:`flat_loss_and_grads`), plus "images" when ``need_dinput``.
+
+    Raises:
+        ValueError: fewer images than micro-batches.
+    """
+    loss, grads, dimages = flat_loss_and_grads(model, images, labels, total=total, accum_steps=accum_steps,
+                                               label_smoothing=label_smoothing, loss_scale=loss_scale,
+                                               grad_dtype=grad_dtype, need_dinput=need_dinput, train=train, key=key)
+    named = model.layout.views(grads)
+    if need_dinput:
+        named["images"] = dimages
+    return loss, named
+
+
+def flat_loss_and_grads(model, images, labels, *, total: float | None = None, accum_steps: int = 1,
+                        label_smoothing: float = 0.0, loss_scale: float = 1.0, grad_dtype=None,
+                        need_dinput: bool = False, train: bool = False, key=None):
+    """:func:`loss_and_grads` with the gradients in one flat buffer of ``model.layout`` (:mod:`scratchvit.flat`).
+
+    Each part's gradients (a dict from the backward pass) are copied into a flat buffer once
+    (:meth:`~scratchvit.flat.Layout.gather`: one ``concat``), and the parts' buffers are summed, one
+    operation per part; the sums are those of the named arrays, element for element.
+
+    Returns:
+        (loss, grads, dimages): the loss as :func:`loss_and_grads`; the 1-D gradient buffer (``model.layout.size``
+        elements, ``grad_dtype`` or the model's, on its device); d loss / d images ((B, H, W, 3)) when
+        ``need_dinput``, else None.
 
     Raises:
         ValueError: fewer images than micro-batches.
@@ -164,7 +188,7 @@ def loss_and_grads(model, images, labels, *, total: float | None = None, accum_s
         raise ValueError(f"a batch of {B} images cannot make {accum_steps} micro-batches (--accum-steps)")
     total = B if total is None else total
     on_cpu = is_numpy(model.xp)
-    loss, grads = None, None
+    loss, grads, dimages = None, None, None
     for lo, hi in shares(B, accum_steps):
         def part(s, e, lo=lo):
             return model.part_loss_and_grads(images[lo + s:lo + e, ...], labels[lo + s:lo + e, ...], (e - s) / total,
@@ -174,8 +198,11 @@ def loss_and_grads(model, images, labels, *, total: float | None = None, accum_s
 
         for part_loss, part_grads in cpu.split_batch(part, hi - lo, on_cpu=on_cpu):
             loss = part_loss if loss is None else loss + part_loss
-            grads = _add(grads, part_grads, grad_dtype)
-    return loss, grads
+            grads = _add(grads, model.layout.gather(part_grads), grad_dtype)
+            if need_dinput:  # an input gradient: the parts' rows, side by side
+                d = part_grads["images"]
+                dimages = d if dimages is None else namespace(d).concat([dimages, d], axis=0)
+    return loss, grads, dimages
 
 
 def train_step(model, optimizer, opt_state: dict, images, labels, lr: float, *, dist=None, accum_steps: int = 1,
@@ -185,7 +212,8 @@ def train_step(model, optimizer, opt_state: dict, images, labels, lr: float, *, 
 
     Args:
         model: a :class:`scratchvit.ViT` (its parameters, float32 or float64, are the masters).
-        optimizer, opt_state: from :mod:`scratchvit.optim`; ``opt_state`` on the model's device.
+        optimizer, opt_state: from :mod:`scratchvit.optim`; ``opt_state`` = ``optimizer.init(model.flat)``, on
+            the model's device.
         images: (B, H, W, 3) host (NumPy) array of the global batch, pixels in [-1, 1]; labels: (B,) int,
             or (B, K) float soft targets (mixup / CutMix).
         lr: this step's learning rate.
@@ -220,18 +248,18 @@ def train_step(model, optimizer, opt_state: dict, images, labels, lr: float, *, 
     x = to_device(images[lo:hi], model.device, compute.dtype)  # the step's one host-to-device copy
     y = to_device(labels[lo:hi], model.device)
     scale = loss_scale.scale if precision == "fp16" else 1.0
-    loss, grads = loss_and_grads(compute, x, y, total=batch / dist.size, accum_steps=accum_steps,
-                                 label_smoothing=label_smoothing, loss_scale=scale,
-                                 grad_dtype=None if compute is model else model.xp.float32, train=True, key=key)
+    loss, grads, _ = flat_loss_and_grads(compute, x, y, total=batch / dist.size, accum_steps=accum_steps,
+                                         label_smoothing=label_smoothing, loss_scale=scale,
+                                         grad_dtype=None if compute is model else model.xp.float32, train=True,
+                                         key=key)  # grads: the flat buffer of model.layout, the masters' dtype
     xp = model.xp
     flag = xp.asarray(float(stop), dtype=xp.float64, device=model.device_object)
     if dist.size > 1:
         dist.stall_hook(step)
-        buf = dist.allreduce_mean(distributed.flatten(grads, loss, flag), step)
-        loss, grads, flag = distributed.unflatten(buf, grads)
+        buf = dist.allreduce_mean(distributed.flatten(grads, loss, flag), step)  # one allreduce, one buffer
+        loss, grads, flag = distributed.unflatten(buf, model.layout.size)
     if scale != 1.0:
-        for g in grads.values():
-            g *= 1.0 / scale
+        grads *= 1.0 / scale
     norm = global_norm(grads)
     loss_f, norm_f, stop_f = (float(v) for v in to_numpy(xp.stack(
         [xp.astype(loss, xp.float64), norm, xp.astype(flag, xp.float64)])))  # the one device-to-host read
@@ -244,5 +272,5 @@ def train_step(model, optimizer, opt_state: dict, images, labels, lr: float, *, 
     elif not finite:
         raise FloatingPointError(f"loss is {loss_f} (gradient norm {norm_f}) at step {step}")
     clip_by_global_norm(grads, grad_clip, norm=norm)
-    optimizer.update(model.params, grads, opt_state, lr)
+    optimizer.update(model.flat, grads, opt_state, lr)
     return StepResult(loss_f, norm_f, stop=stop)

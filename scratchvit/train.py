@@ -1,19 +1,23 @@
 """Train or fine-tune a ViT: ``python -m scratchvit.train`` (``mpiexec -n N ...`` for data parallelism).
 
-Defaults follow the paper's fine-tuning recipe (Dosovitskiy et al., 2021, Appendix B.1.1, and the
-official vit_jax ``configs/common.py``): SGD with momentum 0.9, no weight decay, global-norm
-clipping at 1, linear warmup then cosine decay, batch 512 (reach it with --accum-steps on a small
-machine), 2% of the training set held out for validation.
+Without --config it runs the fashion-mnist preset, the Quickstart (a small ViT from scratch on
+Fashion-MNIST, about 10 minutes on a 2-core CPU), and its first line says so. A setting that a preset
+leaves out takes the default shown by --help, the paper's fine-tuning recipe (Dosovitskiy et al., 2021,
+Appendix B.1.1, and the official vit_jax ``configs/common.py``): SGD with momentum 0.9, no weight
+decay, global-norm clipping at 1, linear warmup then cosine decay, batch 512 (reach it with
+--accum-steps on a small machine), 2% of the training set held out for validation.
 
 Examples:
-    # a small ViT from scratch on Fashion-MNIST (the quickstart preset; minutes on a laptop CPU)
-    python -m scratchvit.train --config fashion-mnist --out runs/fmnist
+    # the Quickstart: the fashion-mnist preset (add --device gpu for a GPU)
+    python -m scratchvit.train
+    # the same into another folder, for 20 epochs
+    python -m scratchvit.train --config fashion-mnist --epochs 20 --out runs/fmnist
     # fine-tune the official ImageNet-21k ViT-B/16 on CIFAR-10 at 384 px, as the paper
     python -m scratchvit.train --config cifar10-finetune --checkpoint ViT-B_16.npz --device gpu
     # carry on a stopped run
     python -m scratchvit.train --out runs/fmnist --resume
     # the same global batch over 2 processes (MPI, pip install 'scratchvit[mpi]')
-    mpiexec -n 2 python -m scratchvit.train --config fashion-mnist
+    mpiexec -n 2 python -m scratchvit.train
 
 A run writes to --out: config.json (every setting), metrics.jsonl (one JSON object per line),
 last.npz and best.npz (official checkpoint layout), state.npz (the resume point: parameters,
@@ -39,7 +43,7 @@ from tqdm import tqdm
 from . import cpu, distributed, optim, runs
 from .backend import module_for
 from .checkpoint import load_checkpoint
-from .configs import get_config
+from .configs import ResNetConfig, get_config
 from .data import Batches, split_train_val
 from .evaluate import evaluate, open_dataset
 from .files import WriteError, write_error, write_text_atomic
@@ -47,6 +51,11 @@ from .model import ViT
 from .settings import TrainSettings, resolve_settings
 from .step import LossScale, StepResult
 from .step import train_step as train_one_step
+
+# The first line of an fp16 run on the CPU (bench/RESULTS.md, "fp16 on the CPU", has the measurement).
+FP16_ON_CPU = ("--precision fp16 on the CPU: a GPU's numerics (float16 matrix products accumulated in float32), "
+               "not its speed: NumPy's float16 arithmetic outside the matrix products is slow, and a training step "
+               "takes several times as long as in fp32 (about 3x for the Quickstart's); fp16 pays on a GPU")
 
 
 def build_model(s: TrainSettings, num_classes: int):
@@ -68,9 +77,38 @@ def regularisers(s: TrainSettings) -> dict:
 
 def model_config(s: TrainSettings, num_classes: int = 1):
     """The geometry of a fresh model from --model and its overrides (raises ValueError on a bad one)."""
-    return get_config(s.model, image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.hidden_size,
+    base = resnet_override(get_config(s.model), s.resnet, s.resnet_width)
+    return get_config(base, image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.hidden_size,
                       num_layers=s.num_layers, num_heads=s.num_heads, mlp_dim=s.mlp_dim, classifier=s.classifier,
                       gelu=s.gelu, num_classes=num_classes, representation_size=None, **regularisers(s))
+
+
+def resnet_override(config, resnet: str | None, width: float | None):
+    """``config`` with the ResNet of --resnet ("3,4,9", "root" or "none") and --resnet-width (None: keep).
+
+    Raises:
+        ValueError: --resnet not a comma-separated list of positive integers, "root" or "none"; a width
+            without a ResNet; a geometry that does not fit (see :class:`~scratchvit.configs.ViTConfig`).
+    """
+    current = config.resnet
+    if resnet is not None:
+        text = resnet.strip().lower()
+        if text == "none":
+            if width is not None:
+                raise ValueError("--resnet-width needs a ResNet, but --resnet is none")
+            # the same tokens without the ResNet: patches of its stride in pixels (16 for R50+ViT-B_16)
+            return dataclasses.replace(config, resnet=None, patch_size=config.effective_patch_size)
+        try:
+            layers = () if text == "root" else tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"--resnet must be units per stage like 3,4,9, or root, or none; got {resnet!r}") from None
+        current = ResNetConfig(layers, current.width_factor if current is not None else 1)
+    if width is not None:
+        if current is None:
+            raise ValueError("--resnet-width needs a ResNet: this model has none (add --resnet, e.g. root)")
+        current = ResNetConfig(current.num_layers, int(width) if float(width).is_integer() else width)
+    return dataclasses.replace(config, resnet=current)
+
 
 
 def input_size(s: TrainSettings) -> int:
@@ -383,7 +421,7 @@ def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, lo
         s.check_warmup(total_steps)
     opt = optim.make_optimizer(s.optimizer, weight_decay=s.weight_decay,
                                **({"momentum": s.momentum} if s.optimizer == "sgd" else {}))
-    opt_state, step, best_val = opt.init(model.params), 0, -1.0
+    opt_state, step, best_val = opt.init(model.flat), 0, -1.0
     loss_scale = LossScale() if s.precision == "fp16" else None
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -442,9 +480,17 @@ def describe(s, ds, model, n_train, n_val, total_steps, dist) -> str:
         f"the steps that fit in --time-limit {s.time_limit:g} min (counted after the first " \
         f"{min(CALIBRATION_STEPS, s.warmup_steps)} steps)"
     return (f"{ds.name}: {n_train} train / {n_val} val / {len(ds.test_labels)} test images, {ds.num_classes} classes; "
-            f"model {c.image_size}px patch {c.patch_size} width {c.hidden_size} depth {c.num_layers} heads "
-            f"{c.num_heads} mlp {c.mlp_dim} ({model.num_params():,} parameters); {s.optimizer} lr {s.lr} batch "
+            f"model {c.image_size}px {hybrid_words(c)}patch {c.patch_size} width {c.hidden_size} depth {c.num_layers} "
+            f"heads {c.num_heads} mlp {c.mlp_dim} ({model.num_params():,} parameters); {s.optimizer} lr {s.lr} batch "
             f"{s.batch_size} x {steps} on {s.device}{ranks}")
+
+
+def hybrid_words(c) -> str:
+    """"ResNet root 64ch + " / "ResNet (3, 4, 9) width 64 + " for a hybrid's opening line, "" for a ViT."""
+    if c.resnet is None:
+        return ""
+    what = "root" if not c.resnet.num_layers else str(c.resnet.num_layers)
+    return f"ResNet {what} width {c.resnet.width} -> {c.feature_size}x{c.feature_size} map, "
 
 
 def progress_bar(s, dist, total_steps, step):
@@ -486,8 +532,8 @@ def lr_sweep(s: TrainSettings, log=print, dist=None) -> float:
 
 
 def main(argv=None) -> int:
-    """``python -m scratchvit.train``: settings from ``argv`` (the command line if None), then the sweep
-    (--lr-sweep), the run and the test pass.
+    """``python -m scratchvit.train``: settings from ``argv`` (the command line if None; without --config the
+    fashion-mnist preset, which the first line names), then the sweep (--lr-sweep), the run and the test pass.
 
     Returns:
         the exit status: 0 done; 2 a setting, file or dataset that cannot work, --resume without a resume
@@ -498,7 +544,10 @@ def main(argv=None) -> int:
     """
     cpu.configure()
     try:
-        s, resume = resolve_settings(argv, description=__doc__)
+        notes = []
+        s, resume = resolve_settings(argv, description=__doc__, note=notes.append)
+        if s.precision == "fp16" and s.device == "cpu":
+            notes.append(FP16_ON_CPU)
         if s.device == "gpu":
             module_for("gpu")
         dist = distributed.init(s.distributed, s.mpi_timeout, s.device)
@@ -507,6 +556,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--batch-size {s.batch_size} is not divisible by {dist.size} MPI ranks x --accum-steps "
                              f"{s.accum_steps}")
         log = functools.partial(print, flush=True) if dist.is_main else (lambda *a, **k: None)
+        for line in notes:  # the run's first lines: which preset runs when none was named; fp16 on the CPU
+            log(line)
         if s.lr_sweep and not resume:
             s = s.replace(lr=lr_sweep(s, log, dist), lr_sweep=None)
         summary = train(s, resume, log=log, dist=dist)

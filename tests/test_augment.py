@@ -214,7 +214,7 @@ def test_resume_is_bit_exact_with_every_regulariser_on(cifar_dir, tmp_path, monk
             "--dropout", "0.1", "--attention-dropout", "0.1", "--drop-path", "0.2", "--accum-steps", "2"]
     assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "loss_and_grads", 5)
+        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 5)
         assert train.main([*args, "--out", str(tmp_path / "stopped")]) == 130
     assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
     with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:

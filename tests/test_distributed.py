@@ -92,7 +92,7 @@ def test_resume_on_two_ranks_a_run_stopped_on_one(fmnist_dir, tmp_path, monkeypa
     extra = ("--steps", "8", "--dtype", "float64")
     assert train.main(data_args(fmnist_dir, tmp_path / "straight", *extra)) == 0
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "loss_and_grads", 5)
+        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 5)
         assert train.main(data_args(fmnist_dir, tmp_path / "stopped", *extra)) == 130
     r = launch(2, ["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"])
     assert r.returncode == 0, r.stderr
@@ -208,15 +208,14 @@ def test_rank_0_fetches_the_data_first_and_the_others_wait(tmp_path, case):
 
 
 def test_flatten_then_unflatten_round_trips(rng):
-    grads = {"a": rng.standard_normal((3, 4)), "b/c": rng.standard_normal(5), "d": rng.standard_normal((2, 1, 2))}
+    grads = rng.standard_normal(21)  # a flat gradient buffer
     buf = distributed.flatten(grads, np.asarray(1.25), np.asarray(1.0))
-    assert buf.shape == (12 + 5 + 4 + 2,) and buf.flags.c_contiguous and buf[-1] == 1.0
+    assert buf.shape == (21 + 2,) and buf.flags.c_contiguous and buf[-1] == 1.0
     buf *= 2  # the views must see changes to the buffer (the allreduce works in place)
-    loss, views, stop = distributed.unflatten(buf, grads)
+    loss, view, stop = distributed.unflatten(buf, 21)
     assert loss == 2.5 and stop == 2.0
-    for k, g in grads.items():
-        np.testing.assert_array_equal(views[k], 2 * g)
-        assert np.shares_memory(views[k], buf)
+    np.testing.assert_array_equal(view, 2 * grads)
+    assert np.shares_memory(view, buf)
 
 
 @pytest.mark.gpu
@@ -229,4 +228,17 @@ def test_two_gpu_ranks_reduce_with_nccl(fmnist_dir, tmp_path):  # noqa: F811
     assert train.main(data_args(fmnist_dir, tmp_path / "one", *extra)) == 0
     r = launch(2, data_args(fmnist_dir, tmp_path / "two", *extra))
     assert r.returncode == 0, r.stderr
+    assert_params_close(tmp_path / "one" / "last.npz", tmp_path / "two" / "last.npz", 1e-12)
+
+
+@needs_mpi
+def test_two_ranks_equal_one_process_for_a_hybrid(fmnist_dir, tmp_path):  # noqa: F811
+    """The hybrid (paper Sec. 3.1; root and one stage, group norms per image) trains on 2 ranks as in one
+    process: its group-norm statistics are per image, so a rank's rows need nothing from the other's."""
+    extra = ("--steps", "4", "--dtype", "float64", "--accum-steps", "2", "--resnet", "1", "--resnet-width", "0.5",
+             "--patch-size", "1")
+    assert train.main(data_args(fmnist_dir, tmp_path / "one", *extra)) == 0
+    r = launch(2, data_args(fmnist_dir, tmp_path / "two", *extra))
+    assert r.returncode == 0, r.stderr
+    assert "over 2 MPI ranks (8 images each)" in r.stdout and "ResNet (1,)" in r.stdout
     assert_params_close(tmp_path / "one" / "last.npz", tmp_path / "two" / "last.npz", 1e-12)

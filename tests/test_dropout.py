@@ -154,7 +154,7 @@ def test_five_training_steps_with_every_rate_zero_match_the_code_without_the_new
             monkeypatch.setattr(model, "part_loss_and_grads",
                                 lambda *a, train=None, key=None, **k: original(*a, **k))
         opt = optim.make_optimizer("adamw", weight_decay=0.05)
-        state = opt.init(model.params)
+        state = opt.init(model.flat)
         for s in range(5):
             step.train_step(model, opt, state, images[s], labels[s], 1e-3, accum_steps=2, label_smoothing=0.1,
                             step=s, seed=3)
@@ -225,10 +225,11 @@ def test_train_step_ranks_draw_the_masks_of_their_global_rows(rng):
     sent = []
     for r in (0, 1):
         model, dist = small_model(np.random.default_rng(5), **RATES), FakeRank(r)
-        step.train_step(model, opt, opt.init(model.params), images, labels, 0.0, dist=dist, grad_clip=0.0,
+        step.train_step(model, opt, opt.init(model.flat), images, labels, 0.0, dist=dist, grad_clip=0.0,
                         step=3, seed=2)
         sent.append(dist.sent)
-    loss_mean, grads, _ = distributed.unflatten((sent[0] + sent[1]) / 2, big)
+    loss_mean, flat, _ = distributed.unflatten((sent[0] + sent[1]) / 2, model.layout.size)
+    grads = model.layout.views(flat)
     assert float(loss_mean) == pytest.approx(float(loss), rel=1e-12)
     for k in big:
         np.testing.assert_allclose(grads[k], big[k], rtol=1e-9, atol=1e-14, err_msg=k)
@@ -329,6 +330,6 @@ def test_fp16_training_step_draws_the_fp32_masks(rng):
     assert abs(float(loss16) - float(loss32)) < 1e-2 * abs(float(loss32))
     assert all(np.isfinite(g).all() for g in grads16.values())
     opt = optim.make_optimizer("adamw")
-    result = step.train_step(model, opt, opt.init(model.params), images, labels, 1e-3, precision="fp16",
+    result = step.train_step(model, opt, opt.init(model.flat), images, labels, 1e-3, precision="fp16",
                              loss_scale=step.LossScale(), step=4, seed=1)
     assert np.isfinite(result.loss) and not result.skipped

@@ -54,3 +54,20 @@ def test_scaling_with_tokens():
 def test_accepts_dict():
     cfg = get_config("ViT-S_16", image_size=224)
     assert flops.forward_flops(cfg.to_dict()) == flops.forward_flops(cfg)
+
+
+def test_hybrids_count_the_resnet_and_cut_patches_from_its_map():
+    """R50+ViT-B_16 at 224 px: the ResNet's convolutions (root, 16 units) plus ViT-B/16's 196-token
+    encoder on the 14x14 map of 1024 channels; a root alone, by hand."""
+    cfg = get_config("R50+ViT-B_16")
+    b = flops.forward_macs_breakdown(cfg)
+    vit = flops.forward_macs_breakdown(get_config("ViT-B_16"))
+    for part in ("qkv", "attention_scores", "attention_values", "attention_out", "mlp", "head"):
+        assert b[part] == vit[part]  # the same 197 tokens of width 768
+    assert b["patch_embedding"] == 196 * 1024 * 768
+    assert 3.8e9 < b["resnet"] < 4.1e9  # the 3-4-9 ResNet at 224 px: 3.93 GMACs (timm lists the model at 21.5-21.7)
+    root = get_config("ViT-Ti_16", image_size=28, patch_size=1, hidden_size=64, num_heads=4, num_classes=10,
+                      resnet=dict(num_layers=(), width_factor=0.5))
+    r = flops.forward_macs_breakdown(root)
+    assert r["resnet"] == 14 * 14 * 7 * 7 * 3 * 32 and r["patch_embedding"] == 49 * 32 * 64
+    assert flops.forward_flops(root.to_dict()) == flops.forward_flops(root)

@@ -225,3 +225,14 @@ def test_a_module_skipped_at_collection_counts_only_if_it_holds_gpu_tests(tmp_pa
                        f"('{mod}', 2, 'Skipped: array-api-strict is in the [test] extra')</skipped></testcase>"
                        f'<testcase classname="t" name="g"/></testsuite></testsuites>')
         assert gpu_check.main(["junit", "--xml", str(xml), "--json", str(tmp_path / "t.json")]) == rc
+
+
+def test_parity_strict_device_against_cpu_for_a_hybrid(tmp_path):
+    """The hybrid (ResNet root and stages, paper Sec. 3.1) in the parity script: every gradient compared."""
+    pytest.importorskip("array_api_strict")
+    r = parity("--device", "strict", "--models", "hybrid-small", "--json", str(tmp_path / "p.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert res["ok"] and [c["model"] for c in res["cases"]] == ["hybrid-small"] * 2
+    assert all(c["ok"] and c["grads_compared"] == 69 for c in res["cases"])
+    assert parity("--models", "nope").returncode == 2

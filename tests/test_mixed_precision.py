@@ -31,7 +31,7 @@ def fashion_mnist_subset(n_train):
 def train(precision, images, labels, steps, batch, device="cpu"):
     model = sv.ViT(tiny_config(), seed=0, device=device)
     opt = optim.make_optimizer("adamw")
-    state = opt.init(model.params)
+    state = opt.init(model.flat)
     scale = step.LossScale() if precision == "fp16" else None
     losses = []
     for i in range(steps):
@@ -40,6 +40,24 @@ def train(precision, images, labels, steps, batch, device="cpu"):
                             optim.learning_rate(i, 3e-3, steps, 20), precision=precision, loss_scale=scale, step=i)
         losses.append(r.loss)
     return model, losses, scale
+
+
+def test_float16_matrix_products_accumulate_in_float32(rng):
+    """The plain forms' matrix product on float16 NumPy arrays: float16 inputs, products summed in float32 and
+    rounded to float16 once (a GPU's float16 GEMM), through BLAS; float32 inputs are NumPy's own product."""
+    from scratchvit.ops.dense import dense_forward, matmul
+
+    a, b = rng.normal(size=(3, 5, 64)).astype(np.float16), rng.normal(size=(64, 7)).astype(np.float16)
+    c = matmul(a, b)
+    assert c.dtype == np.float16
+    np.testing.assert_array_equal(c, (a.astype(np.float32) @ b.astype(np.float32)).astype(np.float16))
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b.astype(np.float64), rtol=2.0**-10, atol=1e-6)
+    ones = np.ones((1, 4096), np.float16)
+    assert matmul(ones, ones.T)[0, 0] == 4096  # a float16 running sum would stop at 2048 (2048 + 1 = 2048)
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    np.testing.assert_array_equal(matmul(a32, b32), np.matmul(a32, b32))
+    x, kernel, bias = a[0], b, rng.normal(size=7).astype(np.float16)  # the dense layer's fp16 form uses it
+    np.testing.assert_array_equal(dense_forward(x, kernel, bias)[0], matmul(x, kernel) + bias)
 
 
 def test_fp16_follows_fp32_on_fashion_mnist():
@@ -60,7 +78,7 @@ def test_an_injected_overflow_skips_exactly_that_step(rng, monkeypatch):
     images, labels = rng.uniform(-1, 1, (8, 28, 28, 3)).astype(np.float32), rng.integers(0, 10, 8)
     model = sv.ViT(tiny_config(), seed=0, device=device)
     opt = optim.make_optimizer("sgd")
-    state = opt.init(model.params)
+    state = opt.init(model.flat)
     scale = step.LossScale(scale=1024.0)
     real, inject = sv.ViT.part_loss_and_grads, {"on": False}
 
@@ -91,7 +109,7 @@ def test_fp16_needs_float32_masters_and_a_loss_scale(rng):
     model = sv.ViT(tiny_config(), seed=0)
     opt = optim.make_optimizer("sgd")
     with pytest.raises(ValueError, match="fp16 needs a LossScale"):
-        step.train_step(model, opt, opt.init(model.params), np.zeros((2, 28, 28, 3)), np.array([0, 1]), 0.1,
+        step.train_step(model, opt, opt.init(model.flat), np.zeros((2, 28, 28, 3)), np.array([0, 1]), 0.1,
                         precision="fp16")
     from scratchvit.settings import TrainSettings
 
@@ -99,9 +117,10 @@ def test_fp16_needs_float32_masters_and_a_loss_scale(rng):
         TrainSettings(precision="fp16", dtype="float64")
 
 
-def test_fp16_cli_records_skips_and_resumes_the_scale(fmnist_dir, tmp_path, monkeypatch):  # noqa: F811
-    """--precision fp16 end to end: metrics.jsonl counts skipped steps and gives the scale; the checkpoint
-    stays float32 in the official layout; state.npz holds the scale and --resume restores it."""
+def test_fp16_cli_records_skips_and_resumes_the_scale(fmnist_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """--precision fp16 end to end: the first lines say what fp16 on the CPU is for; metrics.jsonl counts skipped
+    steps and gives the scale; the checkpoint stays float32 in the official layout; state.npz holds the scale
+    and --resume restores it."""
     import json
 
     from test_train import interrupt_on_call, run
@@ -113,6 +132,7 @@ def test_fp16_cli_records_skips_and_resumes_the_scale(fmnist_dir, tmp_path, monk
     with monkeypatch.context() as m:
         interrupt_on_call(m, train, "train_one_step", 6)
         assert run(fmnist_dir, out, *args) == 130
+    assert train.FP16_ON_CPU in capsys.readouterr().out.splitlines()[:2]
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     trains = [r for r in records if r["split"] == "train"]
     assert trains and all(r["skipped_steps"] >= 0 and r["loss_scale"] > 0 for r in trains)

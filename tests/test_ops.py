@@ -105,6 +105,47 @@ def _named(names, grads):
     return dict(zip(names, grads, strict=True))
 
 
+# name -> (x shape, kernel shape, with bias, stride, padding)
+CONV_CASES = {
+    "7x7_s2_same": ((2, 9, 10, 3), (7, 7, 3, 4), False, 2, "SAME"),  # the root: odd/even sizes, pad 2-3 / 2-3
+    "3x3_s2_same_even": ((2, 8, 6, 3), (3, 3, 3, 2), False, 2, "SAME"),  # pad 0 before, 1 after
+    "3x3_s1_same_bias": ((2, 5, 6, 4), (3, 3, 4, 3), True, 1, "SAME"),
+    "1x1_s1": ((2, 5, 6, 4), (1, 1, 4, 3), False, 1, "SAME"),
+    "1x1_s2": ((2, 5, 6, 4), (1, 1, 4, 3), False, 2, "SAME"),  # conv_proj of a strided unit
+    "2x2_s2_valid_bias": ((2, 5, 7, 3), (2, 2, 3, 4), True, 2, "VALID"),  # the embedding, remainder dropped
+}
+
+
+def _conv2d_case(x_shape, k_shape, bias, stride, padding):
+    def make(rng):
+        d = {"x": rng.standard_normal(x_shape), "kernel": rng.standard_normal(k_shape)}
+        if bias:
+            d["bias"] = rng.standard_normal(k_shape[-1])
+        return d
+
+    def fwd(o, x, kernel, bias=None):
+        return o.conv2d_forward(x, kernel, bias, stride, padding)
+
+    def bwd(o, R, cache):
+        dx, dk, db = o.conv2d_backward(R, cache)
+        return {"x": dx, "kernel": dk, **({"bias": db} if bias else {})}
+
+    return make, fwd, bwd
+
+
+def _std_conv_forward(o, x, kernel):
+    """StdConv (vit_jax ``models_resnet.StdConv``): the convolution of the standardised kernel."""
+    w, c1 = o.weight_standardize_forward(kernel)
+    y, c2 = o.conv2d_forward(x, w, None, 2, "SAME")
+    return y, (c1, c2)
+
+
+def _std_conv_backward(o, R, cache):
+    c1, c2 = cache
+    dx, dw, _ = o.conv2d_backward(R, c2)
+    return {"x": dx, "kernel": o.weight_standardize_backward(dw, c1)}
+
+
 LABELS = np.array([0, 4, 2, 2])
 # soft targets (mixup / CutMix), dyadic so that they are exact rows of probabilities in float16 too
 SOFT = np.array([[0.5, 0.25, 0.125, 0.125, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0],
@@ -156,6 +197,26 @@ CASES = {
     "drop_path": (lambda r: {"x": r.standard_normal((8, 3, 4))},
                   lambda o, x: o.drop_path_forward(x, 0.4, KEY, 3),
                   lambda o, R, c: {"x": o.drop_path_backward(R, c)}),
+    # the hybrid's ResNet (paper Sec. 3.1): convolutions of every kind the model runs, XLA 'SAME' and 'VALID'
+    **{f"conv2d_{name}": _conv2d_case(x_shape, k_shape, bias, stride, padding)
+       for name, (x_shape, k_shape, bias, stride, padding) in CONV_CASES.items()},
+    "weight_standardize": (lambda r: {"w": r.standard_normal((3, 3, 2, 4)) + 0.3},
+                           lambda o, w: o.weight_standardize_forward(w),
+                           lambda o, R, c: {"w": o.weight_standardize_backward(R, c)}),
+    "std_conv": (lambda r: {"x": r.standard_normal((2, 6, 5, 3)), "kernel": r.standard_normal((3, 3, 3, 4))},
+                 _std_conv_forward, _std_conv_backward),
+    **{f"group_norm_{groups}_groups": (lambda r, c=channels: {"x": r.standard_normal((2, 3, 4, c)) * 2 + 0.5,
+                                                                 "scale": r.standard_normal(c),
+                                                                 "bias": r.standard_normal(c)},
+                                       lambda o, groups=groups, **i: o.group_norm_forward(**i, groups=groups),
+                                       lambda o, R, c: _named(("x", "scale", "bias"), o.group_norm_backward(R, c)))
+       for groups, channels in ((1, 3), (4, 8), (32, 64))},
+    "relu": (lambda r: {"x": r.standard_normal((3, 4, 5))}, lambda o, x: o.relu_forward(x),
+             lambda o, R, c: {"x": o.relu_backward(R, c)}),
+    # distinct values 0.02 apart (distinct in float16 too): no ties, a unique maximum in every window
+    **{f"max_pool_{h}x{w}": (lambda r, h=h, w=w: {"x": r.permutation(2 * h * w * 3).reshape(2, h, w, 3) * 0.02 - 3},
+                             lambda o, x: o.max_pool_forward(x, 3, 2),
+                             lambda o, R, c: {"x": o.max_pool_backward(R, c)}) for h, w in ((7, 8), (8, 6))},
 }
 
 

@@ -65,9 +65,11 @@ def test_ranks_of_a_short_batch_average_to_the_batch_mean(rng):
     for r in (0, 1):
         model, dist = small_model(np.random.default_rng(5)), FakeRank(r)
         opt = optim.make_optimizer("sgd")
-        step.train_step(model, opt, opt.init(model.params), images, labels, 0.0, dist=dist, grad_clip=0.0)
+        step.train_step(model, opt, opt.init(model.flat), images, labels, 0.0, dist=dist, grad_clip=0.0)
         sent.append(dist.sent)
-    loss_mean, grads, stop = distributed.unflatten((sent[0] + sent[1]) / 2, big)
+    assert sent[0].shape == (model.layout.size + 2,)  # one buffer: the flat gradients, the loss, the stop flag
+    loss_mean, flat, stop = distributed.unflatten((sent[0] + sent[1]) / 2, model.layout.size)
+    grads = model.layout.views(flat)
     assert float(loss_mean) == pytest.approx(loss, rel=1e-12) and float(stop) == 0.0
     for k in big:
         np.testing.assert_allclose(grads[k], big[k], rtol=1e-9, atol=1e-15)
@@ -77,7 +79,7 @@ def test_train_step_refuses_labels_out_of_range_before_computing(rng):
     model = small_model(rng)
     opt = optim.make_optimizer("sgd")
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\), got min 0 max 5"):
-        step.train_step(model, opt, opt.init(model.params), rng.uniform(-1, 1, (2, 16, 16, 3)), np.array([0, 5]), 0.1)
+        step.train_step(model, opt, opt.init(model.flat), rng.uniform(-1, 1, (2, 16, 16, 3)), np.array([0, 5]), 0.1)
 
 
 def test_train_step_raises_on_a_non_finite_loss_and_updates_nothing(rng):
@@ -86,7 +88,7 @@ def test_train_step_raises_on_a_non_finite_loss_and_updates_nothing(rng):
     model.params["head/bias"][0] = np.inf
     opt = optim.make_optimizer("sgd")
     with pytest.raises(FloatingPointError, match="at step 3"):
-        step.train_step(model, opt, opt.init(model.params), rng.uniform(-1, 1, (2, 16, 16, 3)), np.array([0, 1]),
+        step.train_step(model, opt, opt.init(model.flat), rng.uniform(-1, 1, (2, 16, 16, 3)), np.array([0, 1]),
                         0.1, step=3)
     for k in before:
         if k != "head/bias":

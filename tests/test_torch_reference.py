@@ -19,7 +19,7 @@ from bench import torch_reference as tr  # noqa: E402  (after the PyTorch skip)
 
 REF = Path(__file__).resolve().parent / "reference"  # see its README and make_reference.py
 
-CASES = ["shared_token", "shared_prelogits"]
+CASES = ["shared_token", "shared_prelogits", "shared_hybrid_stem", "shared_hybrid_stages"]
 
 
 def _load(name):

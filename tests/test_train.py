@@ -79,7 +79,9 @@ def test_train_end_to_end(fmnist_dir, tmp_path, capsys):
     assert cfg["settings"]["optimizer"] == "adamw" and cfg["total_steps"] == 24
     model = sv.ViT.from_checkpoint(out / "best.npz")
     assert model.config.num_classes == 10 and model.config.image_size == 16
-    assert "test accuracy" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "test accuracy" in text
+    assert text.splitlines()[0].startswith("no --config given: running the fashion-mnist preset")  # no --config
 
 
 def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
@@ -87,7 +89,7 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
 
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "loss_and_grads", 7)
+        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 7)
         assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
     with np.load(tmp_path / "stopped" / "state.npz") as st:
         assert int(st["step"]) == 6
@@ -226,9 +228,40 @@ def test_presets_load_and_validate(preset):
                 s.warmup_steps, s.steps, s.schedule) == ("sgd", 0.03, 0.9, 0.0, 512, 1.0, 500, 10000, "cosine")
 
 
+def test_no_config_is_the_fashion_mnist_preset():
+    """`python -m scratchvit.train` with no --config is the Quickstart preset, flags on top as on any preset;
+    the note (the run's first line) is given once for a new run, not for a named preset or a resume."""
+    notes = []
+    s, resume = settings.resolve_settings([], note=notes.append)
+    assert s == settings.resolve_settings(["--config", "fashion-mnist"])[0] and not resume
+    assert len(notes) == 1 and "fashion-mnist preset" in notes[0] and "cifar10-finetune" in notes[0]
+    s, _ = settings.resolve_settings(["--device", "gpu", "--epochs", "2"], note=notes.append)
+    assert (s.device, s.epochs, s.dataset, s.hidden_size) == ("gpu", 2, "fashion-mnist", 128) and len(notes) == 2
+    settings.resolve_settings(["--config", "cifar10-finetune"], note=notes.append)
+    assert len(notes) == 2
+    assert settings.TrainSettings().optimizer == "sgd"  # the API's defaults: the base under every preset
+
+
+def test_settings_groups_are_named(capsys):
+    for f in dataclasses.fields(settings.TrainSettings):
+        assert f.metadata["group"] in settings.GROUPS, f.name
+    with pytest.raises(ValueError, match="unknown group 'optimiser'"):
+        settings.setting(0, "optimiser", "a typo in a group's name")
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(f"{g}:" in text for g in settings.GROUPS)
+
+
+def test_one_input_error_for_every_tool():
+    from scratchvit import checks, inspect, plot, predict
+
+    assert predict.InputError is plot.InputError is inspect.InputError is checks.InputError
+
+
 def test_every_cli_offers_the_same_choices():
-    """train, evaluate and predict build their parsers from the settings dataclasses: a flag they share has
-    the same choices and help, and the choices are the one tuple each (devices, datasets, GELU forms)."""
+    """train, evaluate, predict, inspect and plot build their parsers from the settings dataclasses: a flag they
+    share has the same choices and help, and the choices are the one tuple each (devices, datasets, GELU forms)."""
     from scratchvit.backend import DEVICES
     from scratchvit.data import AUGMENTS, DATASETS
     from scratchvit.ops.gelu import GELU_FORMS
@@ -239,9 +272,12 @@ def test_every_cli_offers_the_same_choices():
     tr = actions(settings.build_parser())
     ev = actions(settings.cli_parser(settings.EvaluateSettings))
     pr = actions(settings.cli_parser(settings.PredictSettings))
-    assert tr["device"].choices is ev["device"].choices is pr["device"].choices is DEVICES
-    assert tr["dataset"].choices is ev["dataset"].choices is DATASETS
-    assert tr["gelu"].choices is ev["gelu"].choices is GELU_FORMS and tr["augment"].choices is AUGMENTS
+    ins = actions(settings.cli_parser(settings.InspectSettings))
+    assert tr["device"].choices is ev["device"].choices is pr["device"].choices is ins["device"].choices is DEVICES
+    assert tr["dataset"].choices is ev["dataset"].choices is ins["dataset"].choices is DATASETS
+    assert tr["gelu"].choices is ev["gelu"].choices is ins["gelu"].choices is GELU_FORMS
+    assert tr["augment"].choices is AUGMENTS and ins["data_dir"].help == tr["data_dir"].help
+    assert actions(settings.cli_parser(settings.PlotSettings))["runs"].nargs == "+"
     assert ev["dtype"].help == tr["dtype"].help and ev["checkpoint"].required and pr["checkpoint"].required
     with pytest.raises(SystemExit):
         settings.parse_settings(settings.EvaluateSettings, ["--checkpoint", "x.npz", "--dataset", "mnist",
@@ -307,8 +343,9 @@ def test_readme_training_commands_resolve():
             continue
         words = shlex.split(line.split("#")[0])
         argv = words[words.index("scratchvit.train") + 1:]
-        if argv and argv[0].startswith("--") and "--resume" not in argv:  # not the layout table's mention
+        if (not argv or argv[0].startswith("--")) and "--resume" not in argv:  # not the layout table's mention
             commands.append(argv)
+    assert [] in commands, commands  # the Quickstart: no flags
     assert len(commands) >= 5, commands  # the quickstart, fine-tuning, own images, from scratch, MPI
     for argv in commands:
         s, resume = settings.resolve_settings(argv)
@@ -385,7 +422,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "8")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "loss_and_grads", 6)
+        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 6)
         assert run(fmnist_dir, out, *args) == 130  # state saved at step 5
     with np.load(out / "last.npz") as z:  # last.npz of some other step
         sv.save_checkpoint(out / "last.npz", {k: z[k] + 1 for k in z.files})
@@ -402,7 +439,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 2
 
     with monkeypatch.context() as m:  # a fresh run in the same folder, stopped before it saved anything
-        m.setattr(sv_step, "loss_and_grads", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(sv_step, "flat_loss_and_grads", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         m.setattr(train.runs, "save_state", lambda *a, **k: None)
         assert run(fmnist_dir, out, *args) == 130
     assert not (out / "state.npz").exists()  # the old run's resume point is gone, not resumed by mistake
@@ -457,7 +494,7 @@ def test_an_older_state_file_without_parameters_still_resumes(tmp_path, rng):
                         mlp_dim=32, num_classes=3)
     model = sv.ViT(cfg, seed=0)
     opt = optim.make_optimizer("sgd")
-    state = opt.init(model.params)
+    state = opt.init(model.flat)
     for k in model.params:
         model.params[k] += 1.0
     runs.save_state(tmp_path, model, state, 12, 0.5, 0)
@@ -465,7 +502,7 @@ def test_an_older_state_file_without_parameters_still_resumes(tmp_path, rng):
         old = {k: z[k] for k in z.files if not k.startswith("params/")}
     np.savez(tmp_path / "state.npz", **old)
     fresh = sv.ViT(cfg, seed=1)
-    assert runs.load_state(tmp_path, fresh, opt.init(fresh.params)) == (12, 0.5)
+    assert runs.load_state(tmp_path, fresh, opt.init(fresh.flat)) == (12, 0.5)
     for k in model.params:
         np.testing.assert_array_equal(fresh.params[k], model.params[k], err_msg=k)
 

@@ -18,6 +18,7 @@ from .attention import (
     softmax_forward,
     softmax_forward_plain,
 )
+from .conv2d import conv2d_backward, conv2d_backward_plain, conv2d_forward, conv2d_forward_plain
 from .cross_entropy import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_backward_plain,
@@ -28,7 +29,9 @@ from .dense import dense_backward, dense_backward_plain, dense_forward, dense_fo
 from .drop_path import drop_path_backward, drop_path_backward_plain, drop_path_forward, drop_path_forward_plain
 from .dropout import RngKey, dropout_backward, dropout_backward_plain, dropout_forward, dropout_forward_plain, keep_mask
 from .gelu import gelu_backward, gelu_backward_plain, gelu_forward, gelu_forward_plain
+from .group_norm import group_norm_backward, group_norm_backward_plain, group_norm_forward, group_norm_forward_plain
 from .layer_norm import layer_norm_backward, layer_norm_backward_plain, layer_norm_forward, layer_norm_forward_plain
+from .max_pool import max_pool_backward, max_pool_backward_plain, max_pool_forward, max_pool_forward_plain
 from .patch_embedding import (
     patch_embedding_backward,
     patch_embedding_backward_plain,
@@ -36,7 +39,14 @@ from .patch_embedding import (
     patch_embedding_forward_plain,
 )
 from .pooling import pool_backward, pool_backward_plain, pool_forward, pool_forward_plain
+from .relu import relu_backward, relu_backward_plain, relu_forward, relu_forward_plain
 from .tanh import tanh_backward, tanh_backward_plain, tanh_forward, tanh_forward_plain
+from .weight_standardize import (
+    weight_standardize_backward,
+    weight_standardize_backward_plain,
+    weight_standardize_forward,
+    weight_standardize_forward_plain,
+)
 
 __all__ = [
     "attention_backward", "attention_forward", "attention_weights", "softmax_backward", "softmax_forward",
@@ -46,6 +56,10 @@ __all__ = [
     "layer_norm_backward", "layer_norm_forward",
     "patch_embedding_backward", "patch_embedding_forward",
     "pool_backward", "pool_forward", "tanh_backward", "tanh_forward",
+    # the hybrid's ResNet (paper Sec. 3.1)
+    "conv2d_backward", "conv2d_forward", "group_norm_backward", "group_norm_forward",
+    "max_pool_backward", "max_pool_forward", "relu_backward", "relu_forward",
+    "weight_standardize_backward", "weight_standardize_forward",
     # the plain (array API) forms
     "attention_backward_plain", "attention_forward_plain", "softmax_backward_plain", "softmax_forward_plain",
     "softmax_cross_entropy_backward_plain", "softmax_cross_entropy_forward_plain",
@@ -54,4 +68,7 @@ __all__ = [
     "layer_norm_backward_plain", "layer_norm_forward_plain",
     "patch_embedding_backward_plain", "patch_embedding_forward_plain",
     "pool_backward_plain", "pool_forward_plain", "tanh_backward_plain", "tanh_forward_plain",
+    "conv2d_backward_plain", "conv2d_forward_plain", "group_norm_backward_plain", "group_norm_forward_plain",
+    "max_pool_backward_plain", "max_pool_forward_plain", "relu_backward_plain", "relu_forward_plain",
+    "weight_standardize_backward_plain", "weight_standardize_forward_plain",
 ]

@@ -33,7 +33,7 @@ from .. import cpu
 from ..backend import namespace
 from ..cpu import blockwise, single_threaded_blas
 from ..params import ATTN_PROJ
-from .dense import fast_form, sum_rows, sum_rows_plain, wide_dtype
+from .dense import fast_form, matmul, sum_rows, sum_rows_plain, wide_dtype
 
 # exp(x) is finite and normal in float32 for |x| <= 64 (e^64 ~ 6.2e27, e^-64 ~ 1.6e-28): a row of entries in
 # [-64, 64] sums, without the max subtracted, to between e^-64 and N e^64, far inside float32's range for any N.
@@ -197,14 +197,14 @@ def attention_forward_plain(x, p, keep=None):
     x2d = xp.reshape(x, (B * N, D))
 
     def project(name):  # x W + b, as (B, H, N, hd)
-        h = xp.matmul(x2d, xp.reshape(p[f"{name}/kernel"], (D, H * hd))) + xp.reshape(p[f"{name}/bias"], (H * hd,))
+        h = matmul(x2d, xp.reshape(p[f"{name}/kernel"], (D, H * hd))) + xp.reshape(p[f"{name}/bias"], (H * hd,))
         return xp.permute_dims(xp.reshape(h, (B, N, H, hd)), (0, 2, 1, 3))
 
     q, k, v = project("query") * scale, project("key"), project("value")
-    a = softmax_forward_plain(xp.matmul(q, k.mT))  # (B, H, N, N)
+    a = softmax_forward_plain(matmul(q, k.mT))  # (B, H, N, N)
     weights = a if keep is None else a * keep  # attention dropout on the probabilities
-    ctx2d = xp.reshape(xp.permute_dims(xp.matmul(weights, v), (0, 2, 1, 3)), (B * N, H * hd))  # heads side by side
-    y = xp.matmul(ctx2d, xp.reshape(p["out/kernel"], (H * hd, D))) + p["out/bias"]
+    ctx2d = xp.reshape(xp.permute_dims(matmul(weights, v), (0, 2, 1, 3)), (B * N, H * hd))  # heads side by side
+    y = matmul(ctx2d, xp.reshape(p["out/kernel"], (H * hd, D))) + p["out/bias"]
     cache = {"x2d": x2d, "p": p, "q": q, "k": k, "v": v, "a": a, "ctx2d": ctx2d, "scale": scale, "keep": keep}
     return xp.reshape(y, (B, N, D)), cache
 
@@ -223,24 +223,24 @@ def attention_backward_plain(dy, cache):
     dy2d = xp.reshape(dy, (B * N, D))
     w_out = xp.reshape(p["out/kernel"], (H * hd, D))
     grads = {
-        "out/kernel": xp.reshape(xp.matmul(ctx2d.mT, dy2d), (H, hd, D)),
+        "out/kernel": xp.reshape(matmul(ctx2d.mT, dy2d), (H, hd, D)),
         "out/bias": sum_rows_plain(dy2d, p["out/bias"].dtype),
     }
-    dctx = xp.permute_dims(xp.reshape(xp.matmul(dy2d, w_out.mT), (B, N, H, hd)), (0, 2, 1, 3))
+    dctx = xp.permute_dims(xp.reshape(matmul(dy2d, w_out.mT), (B, N, H, hd)), (0, 2, 1, 3))
     keep = cache["keep"]
-    da = xp.matmul(dctx, v.mT)
+    da = matmul(dctx, v.mT)
     weights = a
     if keep is not None:  # attention dropout: through the multiplier
         da, weights = da * keep, a * keep
     ds = softmax_backward_plain(da, a)  # (B, H, N, N)
-    dproj = {"query": xp.matmul(ds, k) * scale, "key": xp.matmul(ds.mT, q), "value": xp.matmul(weights.mT, dctx)}
+    dproj = {"query": matmul(ds, k) * scale, "key": matmul(ds.mT, q), "value": matmul(weights.mT, dctx)}
     dx = None
     for name, d in dproj.items():
         d2d = xp.reshape(xp.permute_dims(d, (0, 2, 1, 3)), (B * N, H * hd))
         kernel = p[f"{name}/kernel"]
-        grads[f"{name}/kernel"] = xp.reshape(xp.matmul(x2d.mT, d2d), (D, H, hd))
+        grads[f"{name}/kernel"] = xp.reshape(matmul(x2d.mT, d2d), (D, H, hd))
         grads[f"{name}/bias"] = xp.reshape(sum_rows_plain(d2d, p[f"{name}/bias"].dtype), (H, hd))
-        dx_n = xp.matmul(d2d, xp.reshape(kernel, (D, H * hd)).mT)
+        dx_n = matmul(d2d, xp.reshape(kernel, (D, H * hd)).mT)
         dx = dx_n if dx is None else dx + dx_n
     return xp.reshape(dx, (B, N, D)), grads
 

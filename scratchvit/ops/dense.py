@@ -10,7 +10,8 @@ Two forms, as every op in :mod:`scratchvit.ops`:
 * the NumPy fast form (BLAS gemv for the bias gradient), taken for float32/float64 NumPy arrays.
 
 This file also holds the helpers the other ops share: :func:`fast_form` (which form applies),
-:func:`wide_dtype` (the float32 in which float16 statistics are computed) and the row sums.
+:func:`wide_dtype` (the float32 in which float16 statistics are computed), the row sums and
+:func:`matmul`, the plain forms' matrix product (float16 on NumPy: float32 accumulation through BLAS).
 """
 from __future__ import annotations
 
@@ -50,11 +51,34 @@ def sum_rows_plain(a2d, dtype):
     return xp.astype(xp.sum(a2d, axis=0, dtype=wide_dtype(xp, a2d.dtype)), dtype)
 
 
+def matmul(a, b):
+    """The plain forms' matrix product ``a @ b`` (array API ``matmul``: 2-D or stacked, broadcast as there).
+
+    Float16 NumPy inputs: the float16 values multiplied and summed in float32 and the sum rounded to float16
+    once, as a GPU does it (cuBLAS with a float32 compute type; Micikevicius et al. 2018, "arithmetic
+    precision": float16 products accumulated into float32), computed as BLAS sgemm on the inputs cast up
+    (a float16 product is exact in float32). NumPy's own float16 ``matmul`` accumulates in float32 too but
+    runs without BLAS, many times slower (bench/RESULTS.md, "fp16 on the CPU"). Every other case
+    (float32/float64, CuPy, array-api-strict): ``xp.matmul`` itself.
+
+    Returns:
+        the product, the inputs' dtype, namespace and device.
+
+    Raises:
+        TypeError / ValueError: as ``xp.matmul`` (arrays of different libraries or devices, shapes that
+        do not fit).
+    """
+    xp = namespace(a, b)
+    if is_numpy(xp) and a.dtype == np.float16 and b.dtype == np.float16:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
+    return xp.matmul(a, b)
+
+
 def dense_forward_plain(x, kernel, bias):
     """Plain form of :func:`dense_forward` (array API): y = reshape(x, (rows, in)) @ kernel + bias."""
     xp = namespace(x, kernel, bias)
     x2d = xp.reshape(x, (-1, x.shape[-1]))
-    y = xp.matmul(x2d, kernel)
+    y = matmul(x2d, kernel)
     if bias is not None:
         y = y + bias
     return xp.reshape(y, (*x.shape[:-1], kernel.shape[1])), (x2d, kernel, x.shape)
@@ -66,9 +90,9 @@ def dense_backward_plain(dy, cache, need_dx=True):
     x2d, kernel, xshape = cache
     xp = namespace(dy, x2d, kernel)
     dy2d = xp.reshape(dy, (-1, dy.shape[-1]))
-    dkernel = xp.matmul(x2d.mT, dy2d)
+    dkernel = matmul(x2d.mT, dy2d)
     dbias = sum_rows_plain(dy2d, kernel.dtype)
-    dx = xp.reshape(xp.matmul(dy2d, kernel.mT), xshape) if need_dx else None
+    dx = xp.reshape(matmul(dy2d, kernel.mT), xshape) if need_dx else None
     return dx, dkernel, dbias
 
 

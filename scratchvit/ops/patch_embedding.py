@@ -17,7 +17,7 @@ namespace, float16) and the NumPy fast form (NumPy methods, BLAS gemv bias sum) 
 from __future__ import annotations
 
 from ..backend import namespace
-from .dense import fast_form, sum_rows, sum_rows_plain
+from .dense import fast_form, matmul, sum_rows, sum_rows_plain
 
 
 def _check(images, C, P):
@@ -62,7 +62,7 @@ def patch_embedding_forward_plain(images, kernel, bias):
     P, _, C, D = kernel.shape
     _check(images, C, P)
     patches = image_to_patches(images, P)
-    tokens = xp.matmul(patches, xp.reshape(kernel, (P * P * C, D))) + bias
+    tokens = matmul(patches, xp.reshape(kernel, (P * P * C, D))) + bias
     return xp.reshape(tokens, (images.shape[0], -1, D)), (patches, kernel, images.shape)
 
 
@@ -72,11 +72,11 @@ def patch_embedding_backward_plain(dtokens, cache, need_dx=False):
     xp = namespace(dtokens, patches, kernel)
     P, _, C, D = kernel.shape
     dy = xp.reshape(dtokens, (-1, D))
-    dkernel = xp.reshape(xp.matmul(patches.mT, dy), kernel.shape)
+    dkernel = xp.reshape(matmul(patches.mT, dy), kernel.shape)
     dbias = sum_rows_plain(dy, kernel.dtype)
     dimages = None
     if need_dx:
-        dimages = patches_to_image(xp.matmul(dy, xp.reshape(kernel, (P * P * C, D)).mT), image_shape, P)
+        dimages = patches_to_image(matmul(dy, xp.reshape(kernel, (P * P * C, D)).mT), image_shape, P)
     return dimages, dkernel, dbias
 
 
