@@ -38,6 +38,7 @@ from .dense import wide_dtype
 from .dropout import RngKey, uniform
 
 COLOUR_BITS = 3  # bits per channel of the mean-colour target (the paper's 3-bit colours: 512 classes for RGB)
+CORRUPTION_SITE = 0x7FFF0000  # the site id of the corruption's draws (dropout's sites count up from 0)
 
 
 def num_colour_classes(channels: int, bits: int = COLOUR_BITS) -> int:
