@@ -458,13 +458,29 @@ class ViT:
         Raises:
             ValueError: a model without ``masked_patch`` in its config; bad images.
         """
+        plan, targets, logits = self.masked_patch_predict(images, key)
+        loss, accuracy, _ = ops.token_cross_entropy_forward(logits, targets, plan.corrupted)
+        return loss, accuracy
+
+    def masked_patch_predict(self, images, key: "ops.RngKey | None" = None):
+        """The corruption of a batch, its targets and the model's colour logits (forward only; paper Sec. 4.6).
+
+        Args:
+            images: (B, H, W, 3) float in [-1, 1] (see :meth:`forward`); key: as :meth:`masked_patch_task`.
+
+        Returns:
+            (:class:`~scratchvit.ops.CorruptionPlan`, (B, N) int64 targets, (B, N, colour classes) logits), on the
+            model's device.
+
+        Raises:
+            ValueError: a model without ``masked_patch`` in its config; bad images.
+        """
         if self.config.masked_patch is None:
-            raise ValueError("masked_patch_metrics: this model has no masked-patch head (config.masked_patch)")
+            raise ValueError("masked patch prediction: this model has no masked-patch head (config.masked_patch)")
         x = self._images(images)
         plan, targets = self.masked_patch_task(x, key)
         logits, _ = self._forward(x, keep_cache=False, corruption=plan)
-        loss, accuracy, _ = ops.token_cross_entropy_forward(logits, targets, plan.corrupted)
-        return loss, accuracy
+        return plan, targets, logits
 
     def loss_and_grads(self, images, labels, need_dinput: bool = False, label_smoothing: float = 0.0):
         """Mean softmax cross-entropy of the batch and its gradient for every parameter.

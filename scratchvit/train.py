@@ -44,7 +44,7 @@ from . import cpu, distributed, optim, runs
 from .backend import module_for
 from .checkpoint import load_checkpoint
 from .configs import MaskedPatchConfig, ResNetConfig, get_config
-from .data import Batches, split_train_val
+from .data import GREY_DATASETS, Batches, split_train_val
 from .evaluate import evaluate, evaluate_masked_patch, open_dataset
 from .files import WriteError, write_error, write_text_atomic
 from .model import ViT
@@ -56,9 +56,6 @@ from .step import train_step as train_one_step
 FP16_ON_CPU = ("--precision fp16 on the CPU: a GPU's numerics (float16 matrix products accumulated in float32), "
                "not its speed: NumPy's float16 arithmetic outside the matrix products is slow, and a training step "
                "takes several times as long as in fp32 (about 3x for the Quickstart's); fp16 pays on a GPU")
-
-
-GREY_DATASETS = ("fashion-mnist", "mnist")  # their images' three channels are copies (scratchvit/data/idx.py)
 
 
 def build_model(s: TrainSettings, num_classes: int, log=print):

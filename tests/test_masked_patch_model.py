@@ -155,3 +155,36 @@ def test_validation_sees_the_same_corruption_every_time(rng):
     assert a["accuracy"] == pytest.approx(b["accuracy"])
     c = evaluate.evaluate_masked_patch(model, images, batch_size=4, seed=4, workers=1)
     assert c["loss"] != a["loss"]  # another seed, another corruption
+
+
+def test_colour_of_class_inverts_the_targets():
+    from scratchvit.inspect import colour_of_class
+
+    for channels, n in ((3, 512), (1, 8)):
+        classes = np.arange(n)
+        rgb = colour_of_class(classes, channels)  # (n, 3) in [0, 1]
+        images = np.broadcast_to(rgb[:, None, None, :] * 2 - 1, (n, 4, 4, 3))
+        np.testing.assert_array_equal(sv.ops.colour_targets(images, 4, channels)[:, 0], classes)
+
+
+def test_inspect_draws_what_the_pre_training_predicts(fmnist_dir, tmp_path, capsys):  # noqa: F811
+    pytest.importorskip("matplotlib", reason="inspect draws with matplotlib (the [plot] extra)")
+    from scratchvit import inspect
+
+    pre = tmp_path / "pre"
+    assert train.main([*FAST, "--data-dir", str(fmnist_dir), "--out", str(pre), "--objective", "masked-patch",
+                       "--steps", "5"]) == 0
+    out = tmp_path / "insp"
+    assert inspect.main(["--checkpoint", str(pre / "last.npz"), "--dataset", "fashion-mnist", "--data-dir",
+                         str(fmnist_dir), "--out", str(out), "--images", "8"]) == 0
+    assert f"wrote {out / 'masked_patch.png'}" in capsys.readouterr().out
+    assert (out / "masked_patch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "inspect.json").read_text())["masked_patch"]
+    assert doc["images"] == 6 and 0 <= doc["accuracy"] <= 1
+    model = sv.ViT.from_checkpoint(pre / "last.npz")
+    black = -np.ones((2, 16, 16, 3), np.float32)
+    panels = inspect.masked_patch_panels(model, black)
+    assert panels["corrupted"].shape == (2, 16, 16, 3)
+    masked = model.masked_patch_task(black, sv.ops.RngKey(0, 0))[0].use_mask  # the validation's corruption
+    tiles = panels["corrupted"].reshape(2, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, 4, 4, 3)
+    assert masked.sum() > 0 and np.all(tiles[masked > 0] == 0.5) and np.all(tiles[masked == 0] == 0.0)
