@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import to_numpy
-from .configs import ResNetConfig, ViTConfig
+from .configs import MaskedPatchConfig, ResNetConfig, ViTConfig
 from .files import write_atomic, write_error
 from .params import ATTN, MLP, POSEMB, check_finite, check_params, is_official_name, param_shapes
 
@@ -163,9 +163,15 @@ def infer_config(params: dict) -> ViTConfig:
     image_size = grid * patch
     if resnet is not None:  # the feature map's cells times the ResNet's stride (the smallest image of that grid)
         image_size = ViTConfig(patch_size=patch, resnet=resnet).effective_patch_size * grid
+    masked_patch = None
+    if "mask_embedding" in params:  # a masked-patch pre-training checkpoint: 512 colour classes (RGB) or 8 (grey)
+        k = need("masked_patch_head/bias").shape[0]
+        if k not in (8, 512):
+            raise ValueError(f"checkpoint: 'masked_patch_head/bias' has {k} classes, expected 512 (RGB) or 8 (grey)")
+        masked_patch = MaskedPatchConfig(channels=3 if k == 512 else 1)
     return ViTConfig(image_size=image_size, patch_size=patch, hidden_size=hidden, num_layers=len(blocks),
                      num_heads=q.shape[1], mlp_dim=mlp.shape[1], num_classes=num_classes,
-                     classifier=classifier, representation_size=rep, resnet=resnet)
+                     classifier=classifier, representation_size=rep, resnet=resnet, masked_patch=masked_patch)
 
 
 _UNIT_NAME_RE = re.compile(r"^block(\d+)/unit(\d+)/")
@@ -243,7 +249,8 @@ def resize_posemb(posemb: np.ndarray, new_seq_len: int, classifier: str) -> np.n
     return np.concatenate([tok, grid.reshape(1, gs_new * gs_new, -1).astype(posemb.dtype)], axis=1)
 
 
-def load_checkpoint(path, num_classes: int | None = None, image_size: int | None = None, new_head: bool = False):
+def load_checkpoint(path, num_classes: int | None = None, image_size: int | None = None, new_head: bool = False,
+                    log=None):
     """Read an official ``.npz`` checkpoint and adapt it for fine-tuning.
 
     Args:
@@ -256,6 +263,8 @@ def load_checkpoint(path, num_classes: int | None = None, image_size: int | None
             head (evaluation, prediction).
         image_size: if given and different from the file's, the position-embedding grid is resized
             bilinearly (``interpolate_posembed``); pixels, a multiple of the patch size.
+        log: a callable for a line on what fine-tuning drops beyond the head (a masked-patch pre-training's
+            [mask] embedding and token head, which ``new_head`` drops too), or None.
 
     Returns:
         (config, params): the :class:`ViTConfig` and a dict of float NumPy arrays, canonical names.
@@ -281,6 +290,11 @@ def load_checkpoint(path, num_classes: int | None = None, image_size: int | None
         dtype = params["head/kernel"].dtype
         params["head/kernel"] = np.zeros((config.hidden_size, num_classes), dtype)
         params["head/bias"] = np.zeros((num_classes,), dtype)
+        if config.masked_patch is not None:  # the pre-training's own parameters: not part of the classifier
+            config = config.replace(masked_patch=None)
+            if log is not None:
+                log(f"{path}: masked-patch pre-training checkpoint: its [mask] embedding and masked_patch_head are "
+                    "dropped for fine-tuning")
     if image_size is not None and image_size != config.image_size:
         config = config.replace(image_size=image_size)  # raises if not a multiple of the patch
         params[POSEMB] = resize_posemb(params[POSEMB], config.seq_len, config.classifier)

@@ -60,6 +60,39 @@ class ResNetConfig:
         for _ in range(2 + max(len(self.num_layers) - 1, 0)):
             side = -(-side // 2)
         return side
+@dataclass(frozen=True)
+class MaskedPatchConfig:
+    """Masked patch prediction, the paper's self-supervision (Sec. 4.6, Appendix B.1.2): the corruption of the
+    patch embeddings and the per-token head that predicts each corrupted patch's 3-bit mean colour
+    (:mod:`scratchvit.ops.masked_patch`).
+
+    Attributes:
+        channels: colour channels of the target: 3 (512 classes) or 1 for grey data (8 classes).
+        mask_ratio: the share of each image's patches corrupted (the paper's 50%).
+        mask_fraction: of the corrupted, the share replaced by the [mask] embedding (80%).
+        random_fraction: of the corrupted, the share replaced by another patch of the image (10%); the rest
+            (10%) stay as they are.
+    """
+
+    channels: int = 3
+    mask_ratio: float = 0.5
+    mask_fraction: float = 0.8
+    random_fraction: float = 0.1
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"MaskedPatchConfig.channels must be 1 or 3, got {self.channels!r}")
+        if not 0.0 < self.mask_ratio <= 1.0 or self.mask_fraction < 0 or self.random_fraction < 0 or \
+                self.mask_fraction + self.random_fraction > 1.0:
+            raise ValueError(f"MaskedPatchConfig: mask_ratio must lie in (0, 1] and mask_fraction + random_fraction "
+                             f"in [0, 1], got {self.mask_ratio}, {self.mask_fraction}, {self.random_fraction}")
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the mean-colour target: 2^(3 channels)."""
+        return 2 ** (3 * self.channels)
+
+
 RATES = ("dropout_rate", "attention_dropout_rate", "drop_path_rate")  # the regularisers' fields
 
 
@@ -90,6 +123,9 @@ class ViTConfig:
             patches are taken from (``patch_size`` then counts feature-map cells, e.g. 1 for R50+ViT-B_16;
             a remainder that no patch covers is dropped, as vit_jax's 'VALID' embedding). A dict of its
             fields is accepted.
+        masked_patch: None, or the :class:`MaskedPatchConfig` of a model pre-trained by masked patch prediction
+            (paper Sec. 4.6): it adds the [mask] embedding and the per-token head (``mask_embedding``,
+            ``masked_patch_head/{kernel,bias}``). Plain ViTs only. A dict of its fields is accepted.
     """
 
     image_size: int = 224
@@ -106,8 +142,15 @@ class ViTConfig:
     attention_dropout_rate: float = 0.0
     drop_path_rate: float = 0.0
     resnet: ResNetConfig | None = None
+    masked_patch: MaskedPatchConfig | None = None
 
     def __post_init__(self):
+        if isinstance(self.masked_patch, dict):
+            object.__setattr__(self, "masked_patch", MaskedPatchConfig(**self.masked_patch))
+        if self.masked_patch is not None and (not isinstance(self.masked_patch, MaskedPatchConfig)
+                                              or self.resnet is not None):
+            raise ValueError(f"ViTConfig.masked_patch must be None or a MaskedPatchConfig (or a dict of its fields), "
+                             f"for a plain ViT (no resnet), got {self.masked_patch!r}")
         if isinstance(self.resnet, dict):
             object.__setattr__(self, "resnet", ResNetConfig(**self.resnet))
         if self.resnet is not None and not isinstance(self.resnet, ResNetConfig):
@@ -227,7 +270,8 @@ def get_config(base: "str | ViTConfig" = "ViT-B_16", **overrides) -> ViTConfig:
     Args:
         base: a name from :data:`MODELS` (e.g. "ViT-B_16") or a :class:`ViTConfig`.
         **overrides: ViTConfig fields. A value of None leaves a field as it is, except for
-            ``representation_size`` where None means "no pre-logits"; pass it explicitly to drop it.
+            ``representation_size`` where None means "no pre-logits" and ``masked_patch`` where it means
+            "no masked-patch head"; pass them explicitly to drop them.
 
     Raises:
         ValueError: an unknown model name or field, or a geometry that does not fit
@@ -240,5 +284,5 @@ def get_config(base: "str | ViTConfig" = "ViT-B_16", **overrides) -> ViTConfig:
     unknown = set(overrides) - _FIELDS
     if unknown:
         raise ValueError(f"unknown ViTConfig field(s) {sorted(unknown)}; fields are {sorted(_FIELDS)}")
-    changes = {k: v for k, v in overrides.items() if v is not None or k == "representation_size"}
+    changes = {k: v for k, v in overrides.items() if v is not None or k in ("representation_size", "masked_patch")}
     return dataclasses.replace(base, **changes)

@@ -92,6 +92,37 @@ def evaluate(model, images, labels, batch_size: int = 256, progress: bool = Fals
     return result
 
 
+def evaluate_masked_patch(model, images, batch_size: int = 256, seed: int = 0, first_row: int = 0,
+                          workers: int = 2) -> dict:
+    """Masked-patch loss and accuracy (paper Sec. 4.6) of a model pre-trained by masked patch prediction, on a
+    set of images (labels unused): every image corrupted as the training corrupts it, with the key (``seed``,
+    step 0, the image's row ``first_row + i``), so that every evaluation of a run sees the same corruption.
+
+    Args:
+        model: a :class:`scratchvit.ViT` whose config has ``masked_patch``.
+        images: (M, H, W, 3) uint8, or a lazy image sequence; resized to the model's size when they differ.
+        batch_size, workers: as :func:`evaluate`.
+
+    Returns:
+        dict with "loss" (the token cross-entropy, mean over the corrupted patches), "accuracy" (the share of
+        corrupted patches whose colour class was predicted), "images" (M) and "seconds".
+
+    Raises:
+        ValueError: a model without a masked-patch head.
+    """
+    t0, n, loss_sum, acc_sum = time.perf_counter(), 0, 0.0, 0.0
+    with Batches(images, np.zeros(len(images), np.int64), batch_size, model.config.image_size, train=False,
+                 workers=workers) as batches:
+        for _, x, _ in batches:
+            loss, acc = model.masked_patch_metrics(x, ops.RngKey(seed, 0, first_row + n))
+            xp = model.xp
+            both = to_numpy(xp.stack([xp.astype(loss, xp.float64), xp.astype(acc, xp.float64)]))  # one read
+            loss_sum, acc_sum = loss_sum + float(both[0]) * len(x), acc_sum + float(both[1]) * len(x)
+            n += len(x)  # every image has the same number of corrupted patches: image-weighted means are exact
+    return {"loss": loss_sum / max(n, 1), "accuracy": acc_sum / n if n else float("nan"), "images": n,
+            "seconds": time.perf_counter() - t0}
+
+
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
     """(K, K) int64 counts, rows = true class, columns = predicted class."""
     cm = np.zeros((num_classes, num_classes), np.int64)

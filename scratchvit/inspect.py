@@ -37,10 +37,11 @@ import numpy as np
 
 from .backend import device_of, namespace, to_numpy
 from .checks import InputError, check_positive_int
-from .data import Batches
+from .data import GREY_DATASETS, Batches
 from .evaluate import open_dataset
 from .files import write_atomic, write_text_atomic
 from .model import ViT
+from .ops.dropout import RngKey
 from .ops.weight_standardize import weight_standardize_forward
 from .params import POSEMB
 from .plot import _import_pyplot
@@ -49,8 +50,9 @@ from .runs import run_gelu, run_info
 from .settings import InspectSettings, parse_settings
 
 N_COMPONENTS = 28  # principal components drawn, as Fig. 7 left
-GREY_DATASETS = ("mnist", "fashion-mnist")  # R = G = B: --filters auto shows the filters summed over RGB
 FILES = ("embedding_filters.png", "position_similarity.png", "attention_distance.png", "inspect.json")
+MASKED_PATCH_FILE = "masked_patch.png"  # a masked-patch pre-trained model's extra picture (paper Sec. 4.6)
+MASKED_PATCH_IMAGES = 6
 
 
 def _num_prefix(classifier: str) -> int:
@@ -364,12 +366,77 @@ def plot_attention_distance(distance: np.ndarray, path, image_size: int, uniform
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
+def colour_of_class(classes, channels: int) -> np.ndarray:
+    """The RGB colour in [0, 1] a 3-bit mean-colour class stands for (each level's centre, (q + 0.5) / 8;
+    :func:`scratchvit.ops.colour_targets` reversed): (...) int -> (..., 3) float64 (grey for one channel)."""
+    classes = np.asarray(classes, np.int64)
+    levels = [(classes // 8 ** (channels - 1 - c)) % 8 for c in range(channels)]
+    rgb = np.stack(levels if channels == 3 else levels * 3, axis=-1)
+    return (rgb + 0.5) / 8.0
+
+
+def masked_patch_panels(model: ViT, images, seed: int = 0) -> dict:
+    """What :func:`plot_masked_patch` draws for a masked-patch pre-trained model (paper Sec. 4.6): for each image
+    (float (B, H, W, 3) in [-1, 1]), the image, its corruption (the [mask] patches grey, the copied patches
+    showing their source), and the true and the predicted 3-bit mean colours on the corrupted patches, all as
+    (B, H, W, 3) float in [0, 1]; "accuracy" the share of corrupted patches whose colour class was predicted.
+    The corruption is the validation's (key: ``seed``, step 0, rows 0..B-1)."""
+    c, m = model.config, model.config.masked_patch
+    plan, targets, logits = model.masked_patch_predict(images, RngKey(seed, 0))
+    xp = model.xp
+    corrupted, use_mask, use_random, source, targets, pred = (
+        to_numpy(a) for a in (plan.corrupted, plan.use_mask, plan.use_random, plan.source, targets,
+                              xp.argmax(logits, axis=-1)))
+    img = (np.asarray(images, np.float64) + 1.0) / 2.0
+    B, S, g, p = img.shape[0], img.shape[1], c.grid_size, c.patch_size
+    patches = img.reshape(B, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(B, g * g, p, p, 3)
+
+    def picture(tokens):  # (B, N, p, p, 3) -> (B, S, S, 3)
+        return tokens.reshape(B, g, g, p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(B, S, S, 3)
+
+    rows = np.arange(B)[:, None]
+    corrupt = np.where(use_random[..., None, None, None] > 0, patches[rows, source], patches)
+    corrupt = np.where(use_mask[..., None, None, None] > 0, 0.5, corrupt)
+    on = corrupted[..., None, None, None] > 0
+    dim = 0.35 * patches + 0.65  # the patches not corrupted: faded, so the predicted ones stand out
+    truth = np.where(on, colour_of_class(targets, m.channels)[:, :, None, None, :], dim)
+    guess = np.where(on, colour_of_class(pred, m.channels)[:, :, None, None, :], dim)
+    hits = float(((pred == targets) * corrupted).sum() / corrupted.sum())
+    return {"image": img, "corrupted": picture(corrupt), "true_colours": picture(truth),
+            "predicted_colours": picture(guess), "accuracy": hits}
+
+
+def plot_masked_patch(panels: dict, path, title: str = "") -> None:
+    """Draw :func:`masked_patch_panels` to the PNG ``path``: a row per image (input, corruption, true and
+    predicted mean colours of the corrupted patches).
+
+    Raises:
+        checks.InputError: matplotlib is missing. OSError: ``path`` cannot be written.
+    """
+    plt = _import_pyplot()
+    names = ("image", "corrupted", "true_colours", "predicted_colours")
+    heads = ("image", "corrupted ([mask] grey)", "true mean colours", "predicted")
+    n = len(panels["image"])
+    fig, axes = plt.subplots(n, 4, figsize=(6.4, 1.7 * n + 0.6), dpi=100, squeeze=False)
+    for i in range(n):
+        for j, (k, h) in enumerate(zip(names, heads)):
+            ax = axes[i, j]
+            ax.imshow(np.clip(panels[k][i], 0, 1), interpolation="nearest", vmin=0, vmax=1)
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(h, fontsize=8)
+    fig.suptitle(f"Masked patch prediction: {100 * panels['accuracy']:.1f}% of the corrupted patches' colours "
+                 f"right{title}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, plt, path)
+
+
 def _nan_to_none(a: np.ndarray):
     """A float array as nested lists for JSON, NaN as null (JSON has no NaN)."""
     return [_nan_to_none(x) for x in a] if a.ndim > 1 else [None if math.isnan(v) else float(v) for v in a]
 
 
-def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = False) -> dict:
+def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = False, images=None) -> dict:
     """Compute the three panels of Fig. 7 for ``model``, write the three PNGs and ``inspect.json`` to
     the folder ``out`` and return the JSON document.
 
@@ -377,6 +444,9 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = Fa
         model: a :class:`scratchvit.ViT`. inputs: batches as :func:`mean_attention_distance` takes.
         out: an existing folder. settings: recorded under "settings" (checkpoint, images, ...).
         grey: PCA of the filters summed over the colour channels (``embedding_components(sum_channels=True)``).
+        images: (B, H, W, 3) float in [-1, 1]: for a masked-patch pre-trained model, the first
+            :data:`MASKED_PATCH_IMAGES` are drawn with their corruption and predicted colours to
+            :data:`MASKED_PATCH_FILE` (:func:`plot_masked_patch`).
 
     Raises:
         checks.InputError: matplotlib is missing. ValueError: no images, or images the model refuses.
@@ -419,6 +489,12 @@ def inspect_model(model: ViT, inputs, out: Path, settings: dict, grey: bool = Fa
             "uniform_over_patches_pixels": uniform,
             "per_block_min_max": [[float(row.min()), float(row.max())] for row in distance]},
     }
+    if c.masked_patch is not None and images is not None:  # Sec. 4.6: what the pre-training learned to predict
+        panels = masked_patch_panels(model, images[:MASKED_PATCH_IMAGES])
+        plot_masked_patch(panels, out / MASKED_PATCH_FILE)
+        doc["masked_patch"] = {"images": len(panels["image"]), "accuracy": panels["accuracy"],
+                               "corruption": "the validation's: key (seed 0, step 0, rows 0..)",
+                               "file": MASKED_PATCH_FILE}
     write_text_atomic(out / FILES[3], json.dumps(doc, indent=1) + "\n")
     return doc
 
@@ -468,8 +544,13 @@ def main(argv=None) -> int:
         print(f"inspect: {len(images)} images of {S} px through {args.checkpoint}, "
               f"{args.batch_size} per batch, on {args.device}", file=sys.stderr)
         try:
+            first = None
+            if model.config.masked_patch is not None:  # the pictures of masked patch prediction (Sec. 4.6)
+                k = min(MASKED_PATCH_IMAGES, len(images))
+                with Batches(images[:k], np.zeros(k, np.int64), k, S, train=False) as b:
+                    first = next(iter(b))[1]
             with Batches(images, np.zeros(len(images), np.int64), args.batch_size, S, train=False) as batches:
-                doc = inspect_model(model, (x for _, x, _ in batches), out, settings, grey=grey)
+                doc = inspect_model(model, (x for _, x, _ in batches), out, settings, grey=grey, images=first)
         except (ValueError, OSError) as e:
             raise InputError(str(e)) from e
     except InputError as e:
@@ -478,7 +559,7 @@ def main(argv=None) -> int:
     d = np.asarray(doc["attention_distance"]["mean_attention_distance"])
     print(f"mean attention distance (pixels): block 1 {d[0].min():.1f}-{d[0].max():.1f}, "
           f"block {len(d)} {d[-1].min():.1f}-{d[-1].max():.1f}")
-    for f in FILES:
+    for f in FILES + ((MASKED_PATCH_FILE,) if "masked_patch" in doc else ()):
         print(f"wrote {out / f}")
     return 0
 

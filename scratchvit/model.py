@@ -43,6 +43,7 @@ from .ops.dropout import EMBEDDING_SITE, site
 from .params import (
     ATTN,
     ATTN_KEYS,
+    MASKED_PATCH,
     MLP,
     POSEMB,
     block_prefix,
@@ -97,11 +98,11 @@ class ViT:
     @classmethod
     def from_checkpoint(cls, path, num_classes: int | None = None, image_size: int | None = None,
                         device: str = "cpu", dtype="float32", gelu: str | None = None,
-                        new_head: bool = False) -> "ViT":
+                        new_head: bool = False, log=None) -> "ViT":
         """Load an official ``.npz`` checkpoint (ViT-B_16.npz and friends, or one this package wrote).
 
         Args:
-            path, num_classes, image_size, new_head: as :func:`scratchvit.checkpoint.load_checkpoint`
+            path, num_classes, image_size, new_head, log: as :func:`scratchvit.checkpoint.load_checkpoint`
                 (``new_head=True``: a zero head and no pre-logits, as the official fine-tuning starts).
             device, dtype: as the constructor.
             gelu: "tanh" or "erf" to override the GELU form (a checkpoint does not record it; the
@@ -111,7 +112,8 @@ class ViT:
             FileNotFoundError, ValueError: see :func:`~scratchvit.checkpoint.load_checkpoint` (which
                 also refuses NaN or infinite values); ValueError for an unknown ``gelu``.
         """
-        config, params = load_checkpoint(path, num_classes=num_classes, image_size=image_size, new_head=new_head)
+        config, params = load_checkpoint(path, num_classes=num_classes, image_size=image_size, new_head=new_head,
+                                         log=log)
         if gelu is not None:
             config = config.replace(gelu=gelu)
         return cls(config, device=device, dtype=dtype, params=params)
@@ -129,8 +131,13 @@ class ViT:
         return to_device(images, self.device, self.dtype)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, images, keep_cache: bool, train: bool = False, key: "ops.RngKey | None" = None):
+    def _forward(self, images, keep_cache: bool, train: bool = False, key: "ops.RngKey | None" = None,
+                 corruption: "ops.CorruptionPlan | None" = None):
         """Logits (B, K) and, if ``keep_cache``, the dict of caches :meth:`backward` consumes (else None).
+
+        With a ``corruption`` plan (masked patch prediction, paper Sec. 4.6; a model whose config has
+        ``masked_patch``): the patch embeddings are corrupted before the class token and the position
+        embeddings, and the logits are the per-token head's, (B, N, colour classes), the class token left out.
 
         ``train`` with a ``key`` (an :class:`~scratchvit.ops.RngKey`: seed, step and the global index of
         row 0 of ``images`` in the step's batch) applies the config's dropout, attention dropout and
@@ -156,6 +163,8 @@ class ViT:
 
         # Eq. 1: patch embedding, class token, position embedding.
         x, caches["embedding"] = ops.patch_embedding_forward(x, p["embedding/kernel"], p["embedding/bias"])
+        if corruption is not None:  # Sec. 4.6: [mask], another patch, or as it is, for half the patches
+            x, caches["corruption"] = ops.corrupt_forward(x, p["mask_embedding"], corruption)
         B = x.shape[0]
         if c.classifier == "token":
             x = xp.concat([xp.broadcast_to(p["cls"], (B, 1, c.hidden_size)), x], axis=1)
@@ -192,6 +201,11 @@ class ViT:
         # Eq. 4: final layer norm, pooling, optional tanh pre-logits, head.
         x, caches["encoder_norm"] = ops.layer_norm_forward(
             x, p["Transformer/encoder_norm/scale"], p["Transformer/encoder_norm/bias"])
+        if corruption is not None:  # Sec. 4.6: every patch token's mean-colour logits (the class token left out)
+            tokens = x[:, 1:, :] if c.classifier == "token" else x
+            logits, caches["masked_patch_head"] = ops.dense_forward(tokens, p["masked_patch_head/kernel"],
+                                                                    p["masked_patch_head/bias"])
+            return logits, (caches if keep_cache else None)
         x, caches["pool"] = ops.pool_forward(x, c.classifier)
         if c.representation_size is not None:
             x, caches["pre_logits"] = ops.dense_forward(x, p["pre_logits/kernel"], p["pre_logits/bias"])
@@ -319,12 +333,18 @@ class ViT:
         """
         c, p, xp = self.config, self.params, self.xp
         g = {}
-        # Eq. 4 backward: head, optional tanh pre-logits, pooling, final layer norm.
-        dx, g["head/kernel"], g["head/bias"] = ops.dense_backward(dlogits, caches["head"])
-        if c.representation_size is not None:
-            dx = ops.tanh_backward(dx, caches["pre_logits_tanh"])
-            dx, g["pre_logits/kernel"], g["pre_logits/bias"] = ops.dense_backward(dx, caches["pre_logits"])
-        dx = ops.pool_backward(dx, caches["pool"])
+        if "masked_patch_head" in caches:  # Sec. 4.6 backward: the token head; the class token's gradient is 0
+            dx, g["masked_patch_head/kernel"], g["masked_patch_head/bias"] = ops.dense_backward(
+                dlogits, caches["masked_patch_head"])
+            if c.classifier == "token":
+                dx = xp.concat([xp.zeros_like(dx[:, :1, :]), dx], axis=1)
+        else:
+            # Eq. 4 backward: head, optional tanh pre-logits, pooling, final layer norm.
+            dx, g["head/kernel"], g["head/bias"] = ops.dense_backward(dlogits, caches["head"])
+            if c.representation_size is not None:
+                dx = ops.tanh_backward(dx, caches["pre_logits_tanh"])
+                dx, g["pre_logits/kernel"], g["pre_logits/bias"] = ops.dense_backward(dx, caches["pre_logits"])
+            dx = ops.pool_backward(dx, caches["pool"])
         dx, g["Transformer/encoder_norm/scale"], g["Transformer/encoder_norm/bias"] = ops.layer_norm_backward(
             dx, caches["encoder_norm"])
 
@@ -354,6 +374,8 @@ class ViT:
         if c.classifier == "token":
             g["cls"] = xp.sum(dx[:, :1, :], axis=0, keepdims=True)
             dx = dx[:, 1:, :]
+        if "corruption" in caches:  # Sec. 4.6: a copied patch's gradient goes back to its source
+            dx, g["mask_embedding"] = ops.corrupt_backward(dx, caches["corruption"])
         hybrid = c.resnet is not None
         dimages, g["embedding/kernel"], g["embedding/bias"] = ops.patch_embedding_backward(
             dx, caches["embedding"], need_dx=need_dinput or hybrid)
@@ -364,6 +386,9 @@ class ViT:
                 dfeat[:, :dimages.shape[1], :dimages.shape[2], :] = dimages
                 dimages = dfeat
             dimages = self._resnet_backward(dimages, caches["resnet"], g, need_dinput)
+        for k in (*MASKED_PATCH, "head/kernel", "head/bias", "pre_logits/kernel", "pre_logits/bias"):
+            if k in p and k not in g:  # the head of the objective this pass did not train: zero
+                g[k] = xp.zeros_like(p[k])
         grads = {k: g[k] for k in p}  # the official order
         if need_dinput:
             grads["images"] = dimages
@@ -391,10 +416,71 @@ class ViT:
             (weight * mean loss as a 0-d array on the device, {name: gradient} like ``params``, plus
             "images" when ``need_dinput``).
         """
-        logits, caches = self._forward(images, keep_cache=True, train=train, key=key)
-        loss, ce = ops.softmax_cross_entropy_forward(logits, labels, label_smoothing)
-        dlogits = ops.softmax_cross_entropy_backward(ce, weight * loss_scale)
+        if self.config.masked_patch is not None:  # Sec. 4.6: the self-supervised loss, labels unused
+            plan, targets = self.masked_patch_task(images, key)
+            logits, caches = self._forward(images, keep_cache=True, train=train, key=key, corruption=plan)
+            loss, _, ce = ops.token_cross_entropy_forward(logits, targets, plan.corrupted)
+            dlogits = ops.token_cross_entropy_backward(ce)
+            dlogits *= weight * loss_scale
+        else:
+            logits, caches = self._forward(images, keep_cache=True, train=train, key=key)
+            loss, ce = ops.softmax_cross_entropy_forward(logits, labels, label_smoothing)
+            dlogits = ops.softmax_cross_entropy_backward(ce, weight * loss_scale)
         return loss * weight, self.backward(dlogits, caches, need_dinput=need_dinput)
+
+    def masked_patch_task(self, images, key: "ops.RngKey | None"):
+        """The corruption plan and the targets of masked patch prediction (paper Sec. 4.6, App. B.1.2) for a
+        part of a batch: the plan drawn from ``key`` (seed, step, the part's first global row; None: RngKey(0, 0)),
+        the targets each patch's 3-bit mean colour (:mod:`scratchvit.ops.masked_patch`).
+
+        Args:
+            images: (b, H, W, 3) on the model's device, in its dtype.
+
+        Returns:
+            (:class:`~scratchvit.ops.CorruptionPlan`, (b, N) int64 targets), on the model's device.
+        """
+        c, m = self.config, self.config.masked_patch
+        plan = ops.corruption_plan(self.xp, key if key is not None else ops.RngKey(0, 0), ops.CORRUPTION_SITE,
+                                   images.shape[0], c.num_patches, images.dtype, self.device_object,
+                                   m.mask_ratio, m.mask_fraction, m.random_fraction)
+        return plan, ops.colour_targets(images, c.patch_size, m.channels)
+
+    def masked_patch_metrics(self, images, key: "ops.RngKey | None" = None):
+        """Masked-patch loss and accuracy (over the corrupted patches) of a batch, forward only: the
+        validation figures of a masked-patch pre-training.
+
+        Args:
+            images: (B, H, W, 3) float in [-1, 1] (see :meth:`forward`); key: as :meth:`masked_patch_task`.
+
+        Returns:
+            (loss, accuracy) as 0-d arrays on the model's device.
+
+        Raises:
+            ValueError: a model without ``masked_patch`` in its config; bad images.
+        """
+        plan, targets, logits = self.masked_patch_predict(images, key)
+        loss, accuracy, _ = ops.token_cross_entropy_forward(logits, targets, plan.corrupted)
+        return loss, accuracy
+
+    def masked_patch_predict(self, images, key: "ops.RngKey | None" = None):
+        """The corruption of a batch, its targets and the model's colour logits (forward only; paper Sec. 4.6).
+
+        Args:
+            images: (B, H, W, 3) float in [-1, 1] (see :meth:`forward`); key: as :meth:`masked_patch_task`.
+
+        Returns:
+            (:class:`~scratchvit.ops.CorruptionPlan`, (B, N) int64 targets, (B, N, colour classes) logits), on the
+            model's device.
+
+        Raises:
+            ValueError: a model without ``masked_patch`` in its config; bad images.
+        """
+        if self.config.masked_patch is None:
+            raise ValueError("masked patch prediction: this model has no masked-patch head (config.masked_patch)")
+        x = self._images(images)
+        plan, targets = self.masked_patch_task(x, key)
+        logits, _ = self._forward(x, keep_cache=False, corruption=plan)
+        return plan, targets, logits
 
     def loss_and_grads(self, images, labels, need_dinput: bool = False, label_smoothing: float = 0.0):
         """Mean softmax cross-entropy of the batch and its gradient for every parameter.
@@ -426,7 +512,8 @@ class ViT:
         if isinstance(labels, np.ndarray):
             step.check_labels(labels, self.config.num_classes)
         loss, grads = step.loss_and_grads(self, images, to_device(labels, self.device),
-                                          label_smoothing=label_smoothing, need_dinput=need_dinput)
+                                          label_smoothing=label_smoothing, need_dinput=need_dinput,
+                                          key=ops.RngKey(0, 0))  # masked patch: every shard's rows, one plan
         return float(loss), grads
 
     def cast(self, dtype) -> "ViT":

@@ -34,6 +34,8 @@ TOP_LEVEL = ("embedding/kernel", "embedding/bias", "cls", POSEMB, "Transformer/e
              "Transformer/encoder_norm/bias", "pre_logits/kernel", "pre_logits/bias", "head/kernel", "head/bias")
 
 RESNET_ROOT = ("conv_root/kernel", "gn_root/scale", "gn_root/bias")
+# Masked patch prediction (paper Sec. 4.6): the [mask] embedding and the per-token head, named in the official style.
+MASKED_PATCH = ("mask_embedding", "masked_patch_head/kernel", "masked_patch_head/bias")
 _UNIT_RE = re.compile(r"^block\d+/unit\d+/(?:(?:conv[123]|conv_proj)/kernel|(?:gn[123]|gn_proj)/(?:scale|bias))$")
 
 
@@ -115,12 +117,16 @@ def param_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
         head_in = c.representation_size
     shapes["head/kernel"] = (head_in, c.num_classes)
     shapes["head/bias"] = (c.num_classes,)
+    if c.masked_patch is not None:  # masked patch prediction (paper Sec. 4.6): the [mask] embedding, the token head
+        shapes.update({"mask_embedding": (1, 1, D), "masked_patch_head/kernel": (D, c.masked_patch.num_classes),
+                       "masked_patch_head/bias": (c.masked_patch.num_classes,)})
     return shapes
 
 
 def is_official_name(name: str) -> bool:
-    """Whether ``name`` is an official (pre-Linen) ViT parameter name of some geometry."""
-    if name in TOP_LEVEL or name in RESNET_ROOT or _UNIT_RE.match(name):
+    """Whether ``name`` is an official (pre-Linen) ViT parameter name of some geometry (or one of the masked-patch
+    pre-training's :data:`MASKED_PATCH`, named in that style)."""
+    if name in TOP_LEVEL or name in RESNET_ROOT or name in MASKED_PATCH or _UNIT_RE.match(name):
         return True
     head, _, rest = name.partition("/encoderblock_")
     num, _, rest = rest.partition("/")
@@ -189,7 +195,7 @@ def init_params(config: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
     - attention and MLP kernels: Xavier uniform over (fan_in, fan_out) of the flattened kernel;
     - MLP biases: normal(std 1e-6); attention biases: zeros;
     - class token zeros; position embedding normal(std 0.02); layer norms scale 1, bias 0;
-    - head: zeros (``head_zero_init``).
+    - head: zeros (``head_zero_init``); so are the masked-patch head and the [mask] embedding.
     - hybrid ResNet: convolution kernels LeCun normal (Flax ``nn.Conv`` default), group norms scale 1 and
       bias 0, except ``gn3``'s scale: zeros (``scale_init=nn.initializers.zeros``: each unit starts as its
       residual path).
@@ -200,7 +206,7 @@ def init_params(config: ViTConfig, seed: int = 0) -> dict[str, np.ndarray]:
         leaf = name.rsplit("/", 1)[-1]
         if name == POSEMB:
             v = rng.normal(0.0, 0.02, shape)
-        elif name.startswith("head/") or name == "cls":
+        elif name.startswith(("head/", "masked_patch_head/")) or name in ("cls", "mask_embedding"):
             v = np.zeros(shape)
         elif name.endswith("/gn3/scale"):
             v = np.zeros(shape)

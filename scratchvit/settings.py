@@ -32,6 +32,7 @@ HARDWARE, DATA, MODEL, OPTIM, OUTPUT, MPI = GROUPS = (
 # What ``python -m scratchvit.train`` runs when no --config is given: the Quickstart.
 DEFAULT_PRESET = "fashion-mnist"
 TTA_FORMS = ("flip",)  # test-time augmentations of evaluate.evaluate
+OBJECTIVES = ("classify", "masked-patch")  # what a run trains: the labels, or masked patch prediction (Sec. 4.6)
 MIN_CALIBRATION_STEPS = 10  # --time-limit: the fewest warmup steps that the step time is measured over
 # What may differ when a run is resumed: where it runs and how it reports, never what it computes.
 RUNTIME = ("device", "progress", "workers", "data_dir", "distributed", "mpi_timeout")
@@ -108,6 +109,15 @@ class TrainSettings:
     checkpoint: str = setting(None, MODEL, "fine-tune from this official .npz (e.g. ViT-B_16.npz): the geometry comes "
                               "from the file, the head is replaced by a zero head, the position embeddings are "
                               "resized")
+    objective: str = setting("classify", OPTIM, "classify: softmax cross-entropy on the labels; masked-patch: the "
+                             "paper's self-supervision (Sec. 4.6), labels unused: corrupt --mask-ratio of each image's "
+                             "patch embeddings and predict each corrupted patch's 3-bit mean colour (512 classes; 8 "
+                             "for grey data); fine-tune from its checkpoint with --checkpoint", OBJECTIVES)
+    mask_ratio: float = setting(0.5, OPTIM, "masked-patch: share of each image's patches corrupted")
+    mask_fraction: float = setting(0.8, OPTIM, "masked-patch: share of the corrupted patches replaced by the learned "
+                                   "[mask] embedding")
+    random_fraction: float = setting(0.1, OPTIM, "masked-patch: share of the corrupted patches replaced by another "
+                                     "patch of the image (the rest stay as they are)")
     optimizer: str = setting("sgd", OPTIM, "sgd (momentum) or adamw", tuple(OPTIMIZERS))
     lr: float = setting(0.03, OPTIM, "peak learning rate")
     lr_sweep: str = setting(None, OPTIM, "comma-separated learning rates, e.g. 0.001,0.003,0.01,0.03: a short run of "
@@ -192,6 +202,14 @@ class TrainSettings:
             raise ValueError("--warmup-steps and --grad-clip must be >= 0")
         if self.epochs is None and self.time_limit is None:
             self.check_warmup(self.steps)
+        if self.objective == "masked-patch":
+            if self.checkpoint:
+                raise ValueError("--objective masked-patch pre-trains a model from scratch; fine-tune from its "
+                                 "checkpoint with --checkpoint and --objective classify")
+            if not 0 < self.mask_ratio <= 1 or self.mask_fraction < 0 or self.random_fraction < 0 or \
+                    self.mask_fraction + self.random_fraction > 1:
+                raise ValueError(f"--mask-ratio must lie in (0, 1] and --mask-fraction + --random-fraction in [0, 1], "
+                                 f"got {self.mask_ratio}, {self.mask_fraction}, {self.random_fraction}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
         for k in ("dropout", "attention_dropout", "drop_path"):

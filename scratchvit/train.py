@@ -43,9 +43,9 @@ from tqdm import tqdm
 from . import cpu, distributed, optim, runs
 from .backend import module_for
 from .checkpoint import load_checkpoint
-from .configs import ResNetConfig, get_config
-from .data import Batches, split_train_val
-from .evaluate import evaluate, open_dataset
+from .configs import MaskedPatchConfig, ResNetConfig, get_config
+from .data import GREY_DATASETS, Batches, split_train_val
+from .evaluate import evaluate, evaluate_masked_patch, open_dataset
 from .files import WriteError, write_error, write_text_atomic
 from .model import ViT
 from .settings import TrainSettings, resolve_settings
@@ -58,13 +58,14 @@ FP16_ON_CPU = ("--precision fp16 on the CPU: a GPU's numerics (float16 matrix pr
                "takes several times as long as in fp32 (about 3x for the Quickstart's); fp16 pays on a GPU")
 
 
-def build_model(s: TrainSettings, num_classes: int):
+def build_model(s: TrainSettings, num_classes: int, log=print):
     """A fresh ViT from --model and overrides, or one loaded from --checkpoint as the official fine-tuning
     starts: a zero head of ``num_classes`` (whatever the file's class count), no pre-logits, the
-    position-embedding grid resized to --image-size."""
+    position-embedding grid resized to --image-size (a masked-patch pre-training's [mask] embedding and
+    token head dropped, with a line to ``log``)."""
     if s.checkpoint:
         model = ViT.from_checkpoint(s.checkpoint, num_classes=num_classes, image_size=s.image_size,
-                                    device=s.device, dtype=s.dtype, gelu=s.gelu, new_head=True)
+                                    device=s.device, dtype=s.dtype, gelu=s.gelu, new_head=True, log=log)
         model.config = model.config.replace(**regularisers(s))
         return model
     return ViT(model_config(s, num_classes), seed=s.seed, device=s.device, dtype=s.dtype)
@@ -78,9 +79,14 @@ def regularisers(s: TrainSettings) -> dict:
 def model_config(s: TrainSettings, num_classes: int = 1):
     """The geometry of a fresh model from --model and its overrides (raises ValueError on a bad one)."""
     base = resnet_override(get_config(s.model), s.resnet, s.resnet_width)
+    masked_patch = None
+    if s.objective == "masked-patch":  # paper Sec. 4.6: the [mask] embedding and the colour head join the model
+        masked_patch = MaskedPatchConfig(channels=1 if s.dataset in GREY_DATASETS else 3, mask_ratio=s.mask_ratio,
+                                         mask_fraction=s.mask_fraction, random_fraction=s.random_fraction)
     return get_config(base, image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.hidden_size,
                       num_layers=s.num_layers, num_heads=s.num_heads, mlp_dim=s.mlp_dim, classifier=s.classifier,
-                      gelu=s.gelu, num_classes=num_classes, representation_size=None, **regularisers(s))
+                      gelu=s.gelu, num_classes=num_classes, representation_size=None, masked_patch=masked_patch,
+                      **regularisers(s))
 
 
 def resnet_override(config, resnet: str | None, width: float | None):
@@ -155,7 +161,10 @@ class Run:
         return optim.learning_rate(step, s.lr, total, s.warmup_steps, s.schedule)
 
     def log_metrics(self, step: int, split: str, **values):
-        """One metrics.jsonl record (rank 0 only) with the step, the epoch and the split."""
+        """One metrics.jsonl record (rank 0 only) with the step, the epoch and the split (and, for a masked-patch
+        pre-training, "objective": its loss and accuracy are the masked-patch ones)."""
+        if self.settings.objective != "classify":
+            values["objective"] = self.settings.objective
         self.metrics.write(step=step, epoch=step / self.steps_per_epoch, split=split, **values)
 
 
@@ -267,6 +276,11 @@ def evaluate_shared(run: Run, images, labels, tta: str | None = None) -> dict:
     if (lo, hi) != (0, len(labels)):
         images, labels = images[lo:hi], labels[lo:hi]  # arrays and ImageFiles slice alike
     s = run.settings
+    if s.objective == "masked-patch":  # Sec. 4.6: the masked-patch loss and accuracy, the same corruption each time
+        r = evaluate_masked_patch(run.model, images, s.eval_batch_size, s.seed, first_row=lo, workers=s.workers)
+        sums = run.dist.allreduce_sum(np.array([r["images"], r["loss"] * r["images"], r["accuracy"] * r["images"]]),
+                                      "the evaluation's reduction")
+        return {"loss": sums[1] / sums[0], "accuracy": sums[2] / sums[0], "seconds": r["seconds"]}
     r = evaluate(run.model, images, labels, s.eval_batch_size, workers=s.workers, skip_bad_images=s.skip_bad_images,
                  tta=tta)
     n = len(r["labels"])  # fewer than len(labels) where --skip-bad-images left files out
@@ -335,10 +349,12 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
     run, step = setup(s, resume, dist, ds, len(tr_y), len(val_y), log)
     status, last_saved, win = "done", step, Window()
     bar = progress_bar(s, dist, run.total_steps, step)
+    labelled = s.objective == "classify"  # masked-patch: no labels, so no mixup or CutMix of them either
     batches = Batches(tr_x, tr_y, s.batch_size, run.model.config.image_size, train=True, augment=s.augment,
                       seed=s.seed, start_step=step, workers=s.workers, crop_min_area=s.crop_min_area,
                       skip_bad_images=s.skip_bad_images, pad=s.pad, random_erasing=s.random_erasing,
-                      mixup=s.mixup, cutmix=s.cutmix, num_classes=run.model.config.num_classes)
+                      mixup=s.mixup if labelled else 0.0, cutmix=s.cutmix if labelled else 0.0,
+                      num_classes=run.model.config.num_classes)
     stop = False  # Ctrl-C, as the last step's collective decision (every rank the same, under MPI)
     with interrupts_between_steps() as pressed:
         try:
@@ -398,13 +414,14 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
                 bar.close()
     summary = {"status": status, "step": step, "total_steps": run.total_steps, "best_val_accuracy": run.best_val}
     if status == "done" and run_test:
-        r = evaluate_shared(run, ds.test_images, ds.test_labels, tta=s.tta)
+        r = evaluate_shared(run, ds.test_images, ds.test_labels, tta=s.tta if labelled else None)
         flip = {k: r[k] for k in ("loss_flip", "accuracy_flip") if k in r}  # --tta flip, beside the plain figure
         run.log_metrics(step, "test", loss=r["loss"], accuracy=r["accuracy"], lr=run.lr(step),
                         images_per_sec=len(ds.test_labels) / r["seconds"], **flip)
         summary.update(test_accuracy=r["accuracy"], test_loss=r["loss"], **{f"test_{k}": v for k, v in flip.items()})
         also = f" ({100 * flip['accuracy_flip']:.2f}% with flip averaging)" if flip else ""
-        log(f"done: test accuracy {100 * r['accuracy']:.2f}%{also} ({len(ds.test_labels)} images), best val accuracy "
+        what = "accuracy" if labelled else "masked-patch accuracy"
+        log(f"done: test {what} {100 * r['accuracy']:.2f}%{also} ({len(ds.test_labels)} images), best val {what} "
             f"{100 * run.best_val:.2f}%, {step} steps in {time.perf_counter() - t_start:.0f} s; checkpoints in {out}/")
     return dict(summary, seconds=time.perf_counter() - t_start)
 
@@ -412,7 +429,7 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
 def setup(s: TrainSettings, resume: bool, dist, ds, n_train: int, n_val: int, log) -> tuple[Run, int]:
     """Model, optimiser, schedule and run files (config.json and metrics.jsonl on rank 0; --resume: the saved
     state). Returns (run, first step)."""
-    out, model = Path(s.out), build_model(s, ds.num_classes)
+    out, model = Path(s.out), build_model(s, ds.num_classes, log)
     steps_per_epoch = max(n_train // s.batch_size, 1)
     if s.time_limit is not None:  # set after the calibration steps (set_steps_by_time); a resumed run keeps it
         total_steps = runs.recorded_total_steps(out) if resume else None
@@ -471,7 +488,8 @@ def validate_and_save(run: Run, val_x, val_y, step: int, win: Window, gnorm: flo
         if better:
             runs.save_extra_copy(out / "best.npz", run.model.params, step, out)
     say(f"step {step}/{run.total_steps or '?'}  train loss {win.mean_loss:.4f}  val loss {r['loss']:.4f}"
-        f"  val acc {100 * r['accuracy']:.2f}%  {img_s:.0f} img/s")
+        f"  val {'acc' if run.settings.objective == 'classify' else 'masked-patch acc'} {100 * r['accuracy']:.2f}%"
+        f"  {img_s:.0f} img/s")
 
 
 def describe(s, ds, model, n_train, n_val, total_steps, dist) -> str:
@@ -484,7 +502,18 @@ def describe(s, ds, model, n_train, n_val, total_steps, dist) -> str:
     return (f"{ds.name}: {n_train} train / {n_val} val / {len(ds.test_labels)} test images, {ds.num_classes} classes; "
             f"model {c.image_size}px {hybrid_words(c)}patch {c.patch_size} width {c.hidden_size} depth {c.num_layers} "
             f"heads {c.num_heads} mlp {c.mlp_dim} ({model.num_params():,} parameters); {s.optimizer} lr {s.lr} batch "
-            f"{s.batch_size} x {steps} on {s.device}{ranks}")
+            f"{s.batch_size} x {steps} on {s.device}{ranks}{masked_patch_words(c)}")
+
+
+def masked_patch_words(c) -> str:
+    """The opening line's words on a masked-patch pre-training (paper Sec. 4.6), "" for classification."""
+    m = c.masked_patch
+    if m is None:
+        return ""
+    return (f"; objective masked-patch (labels unused, and with them --label-smoothing, --mixup, --cutmix, --tta): "
+            f"{100 * m.mask_ratio:g}% of the patches corrupted "
+            f"({100 * m.mask_fraction:g}% [mask], {100 * m.random_fraction:g}% another patch), each predicted as one "
+            f"of {m.num_classes} mean colours")
 
 
 def hybrid_words(c) -> str:

@@ -65,8 +65,9 @@ REGULARISERS = ("--dropout", "0.1", "--attention-dropout", "0.1", "--drop-path",
 
 @needs_mpi
 @pytest.mark.parametrize("dtype,rtol,regularisers", [("float32", 1e-6, ()), ("float64", 1e-12, ()),
-                                                     ("float64", 1e-12, REGULARISERS)],
-                         ids=["float32", "float64", "float64-regularised"])
+                                                     ("float64", 1e-12, REGULARISERS),
+                                                     ("float64", 1e-12, ("--objective", "masked-patch"))],
+                         ids=["float32", "float64", "float64-regularised", "float64-masked-patch"])
 def test_two_ranks_equal_one_process(fmnist_dir, tmp_path, dtype, rtol, regularisers):  # noqa: F811
     """2 ranks train as one process, also with every regulariser on (dropout, attention dropout, drop path,
     pad-crop-flip, random erasing, mixup/CutMix): masks and augmentation follow global rows, not ranks."""

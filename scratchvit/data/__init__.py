@@ -17,7 +17,7 @@ Public API::
     load_image(path, image_size)                # file -> uint8 (S, S, 3): the evaluation view, the whole image resized
     to_model_input(images_uint8, image_size)    # (B,H,W,3) uint8 -> (B,S,S,3) float32 in [-1, 1]
 """
-from .datasets import DATASETS, Dataset, load_dataset, split_train_val
+from .datasets import DATASETS, GREY_DATASETS, Dataset, load_dataset, split_train_val
 from .imagefolder import IMAGE_EXTENSIONS, ImageFiles
 from .images import BadImage, load_image, train_image
 from .loader import Batches
@@ -25,7 +25,7 @@ from .sources import cache_dir, download_url
 from .transforms import AUGMENTS, inception_crop, random_flip, resize, to_float, to_model_input
 
 __all__ = [
-    "AUGMENTS", "DATASETS", "IMAGE_EXTENSIONS", "BadImage", "Batches", "Dataset", "ImageFiles", "cache_dir",
-    "download_url", "inception_crop", "load_dataset", "load_image", "random_flip", "resize", "split_train_val",
-    "to_float", "to_model_input", "train_image",
+    "AUGMENTS", "DATASETS", "GREY_DATASETS", "IMAGE_EXTENSIONS", "BadImage", "Batches", "Dataset", "ImageFiles",
+    "cache_dir", "download_url", "inception_crop", "load_dataset", "load_image", "random_flip", "resize",
+    "split_train_val", "to_float", "to_model_input", "train_image",
 ]

@@ -18,6 +18,7 @@ from .imagefolder import ImageFiles, load_imagefolder
 from .sources import default_log
 
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder")
+GREY_DATASETS = ("mnist", "fashion-mnist")  # grey images, repeated to 3 channels: R = G = B (idx.py)
 __all__ = ["DATASETS", "Dataset", "load_dataset", "split_train_val"]
 
 

@@ -31,6 +31,16 @@ from .dropout import RngKey, dropout_backward, dropout_backward_plain, dropout_f
 from .gelu import gelu_backward, gelu_backward_plain, gelu_forward, gelu_forward_plain
 from .group_norm import group_norm_backward, group_norm_backward_plain, group_norm_forward, group_norm_forward_plain
 from .layer_norm import layer_norm_backward, layer_norm_backward_plain, layer_norm_forward, layer_norm_forward_plain
+from .masked_patch import (
+    CORRUPTION_SITE,
+    CorruptionPlan,
+    colour_targets,
+    corrupt_backward,
+    corrupt_forward,
+    corruption_plan,
+    token_cross_entropy_backward,
+    token_cross_entropy_forward,
+)
 from .max_pool import max_pool_backward, max_pool_backward_plain, max_pool_forward, max_pool_forward_plain
 from .patch_embedding import (
     patch_embedding_backward,
@@ -54,6 +64,8 @@ __all__ = [
     "dense_backward", "dense_forward", "gelu_backward", "gelu_forward",
     "drop_path_backward", "drop_path_forward", "dropout_backward", "dropout_forward", "keep_mask", "RngKey",
     "layer_norm_backward", "layer_norm_forward",
+    "CORRUPTION_SITE", "CorruptionPlan", "colour_targets", "corrupt_backward", "corrupt_forward", "corruption_plan",
+    "token_cross_entropy_backward", "token_cross_entropy_forward",
     "patch_embedding_backward", "patch_embedding_forward",
     "pool_backward", "pool_forward", "tanh_backward", "tanh_forward",
     # the hybrid's ResNet (paper Sec. 3.1)
