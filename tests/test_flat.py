@@ -6,8 +6,10 @@
 - training equals an independent per-parameter reference written here (SGD, AdamW, weight decay,
   accumulation, clipping, fp16 float32 masters) to 1e-12 in float64;
 - resume points written before the flat buffers (tests/reference/old_state_*, by make_old_state.py
-  from the commit before) load and train on as the reference does;
-- the count of array operations of one training step on Device("device1") stays bounded.
+  from the commit before) load and train on as the reference does, or are refused with the reason;
+- 2 MPI ranks (one allreduce of the flat gradient buffer) equal the reference (skipped without MPI).
+
+The count of array operations per step is bounded in tests/test_launch_count.py.
 """
 import math
 import shutil
