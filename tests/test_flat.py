@@ -6,8 +6,10 @@
 - training equals an independent per-parameter reference written here (SGD, AdamW, weight decay,
   accumulation, clipping, fp16 float32 masters) to 1e-12 in float64;
 - resume points written before the flat buffers (tests/reference/old_state_*, by make_old_state.py
-  from the commit before) load and train on as the reference does;
-- the count of array operations of one training step on Device("device1") stays bounded.
+  from the commit before) load and train on as the reference does, or are refused with the reason;
+- 2 MPI ranks (one allreduce of the flat gradient buffer) equal the reference (skipped without MPI).
+
+The count of array operations per step is bounded in tests/test_launch_count.py.
 """
 import math
 import shutil
@@ -340,3 +342,64 @@ def test_a_resume_point_of_another_optimizer_or_shape_is_refused_with_the_reason
     sgd = optim.make_optimizer("sgd")
     with pytest.raises(ValueError, match=r"optimiser state momentum/head/bias of shape \(7,\), this run's is \(5,\)"):
         runs.load_state(out, model, sgd.init(model.flat))
+
+
+# ------------------------------------------------------------------ 2 MPI ranks
+RANK_SCRIPT = """
+import sys
+import numpy as np
+import scratchvit as sv
+from scratchvit import distributed, optim, step
+data, out, opt_name = np.load(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist = distributed.init("auto")
+assert dist.size == 2
+config = sv.get_config("ViT-Ti_16", image_size=16, patch_size=8, hidden_size=16, num_heads=2, num_layers=2,
+                       mlp_dim=32, num_classes=5)
+model = sv.ViT(config, dtype="float64", params={k[7:]: data[k] for k in data.files if k.startswith("params/")})
+opt = optim.make_optimizer(opt_name, weight_decay=0.05)
+state = opt.init(model.flat)
+history = []
+for i, lr in enumerate(data["lrs"]):
+    r = step.train_step(model, opt, state, data[f"x{i}"], data[f"y{i}"], float(lr), dist=dist, accum_steps=2,
+                        grad_clip=0.5, step=i)
+    history.append((r.loss, r.grad_norm))
+if dist.is_main:
+    named = optim.state_by_name(state, model.layout)
+    np.savez(out, history=np.array(history), **{f"params/{k}": v for k, v in model.params.items()},
+             **{f"opt/{k}": v for k, v in named.items() if k != "count"})
+"""
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+def test_two_mpi_ranks_equal_the_per_parameter_reference(rng, tmp_path, opt_name):
+    """``mpiexec -n 2``: each rank takes 4 of the 8 rows in 2 micro-batches and the flat gradient buffer (with the
+    loss and the stop flag) is averaged in one allreduce; 4 float64 steps with clipping equal the reference run
+    over the whole batch in 4 micro-batches (the same rows per micro-batch) to 1e-12."""
+    import os
+    import subprocess
+    import sys
+
+    from test_distributed import MPIEXEC, ROOT, mpiexec, needs_mpi
+
+    if needs_mpi.args[0]:
+        pytest.skip(needs_mpi.kwargs["reason"])
+    assert MPIEXEC
+    config = tiny_config()
+    params = {k: v + rng.standard_normal(v.shape) * 0.05 for k, v in sv.init_params(config, 1).items()}
+    batches = batches_of(rng, 4, 8)
+    lrs = [optim.learning_rate(i, 0.1 if opt_name == "sgd" else 0.01, 4, 1) for i in range(4)]
+    data = {f"params/{k}": v for k, v in params.items()}
+    for i, (x, y) in enumerate(batches):
+        data[f"x{i}"], data[f"y{i}"] = x, y
+    np.savez(tmp_path / "data.npz", lrs=np.array(lrs), **data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SCRATCHVIT_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    r = subprocess.run(mpiexec(2) + [sys.executable, "-c", RANK_SCRIPT, str(tmp_path / "data.npz"),
+                                     str(tmp_path / "out.npz"), opt_name],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with np.load(tmp_path / "out.npz") as z:
+        ours = ({k[7:]: z[k] for k in z.files if k.startswith("params/")},
+                {k[4:]: z[k] for k in z.files if k.startswith("opt/")}, [tuple(h) for h in z["history"]])
+    ref = reference_training(config, params, opt_name, batches, lrs, accum=4, clip=0.5, weight_decay=0.05)
+    assert min(n for _, n in ref[2]) > 0.5  # it clipped
+    assert_runs_equal(ours, ref, 1e-12, key_bias_bound(opt_name, lrs))
