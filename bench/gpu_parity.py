@@ -150,7 +150,7 @@ def main(argv=None) -> int:
             return 2
     result = {"device": args.device, "reference": "cpu", "tolerance": TOLERANCE, "cases": []}
     print(f"parity: {args.device} against cpu; rel = max|diff| / max|cpu| (key/bias: / max|query/bias grad|)")
-    header = f"{'model':12s} {'dtype':8s} {'logits rel':>10s} {'loss rel':>10s} {'grads':>5s} " \
+    header = f"{'model':15s} {'dtype':8s} {'logits rel':>10s} {'loss rel':>10s} {'grads':>5s} " \
              f"{'worst grad rel':>14s} {'tol':>6s}  result  worst gradient"
     print(header)
     status = 0
@@ -162,14 +162,14 @@ def main(argv=None) -> int:
                 *dev, t_dev = run_model(cfg, params, images, labels, args.device, dtype)
             except Exception as e:  # noqa: BLE001  (any failure of the device path is the finding: name it)
                 msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
-                print(f"{name:12s} {dtype:8s} FAILED to run on {args.device}: {msg}")
+                print(f"{name:15s} {dtype:8s} FAILED to run on {args.device}: {msg}")
                 result["cases"].append(dict(model=name, dtype=dtype, ok=False, error=msg))
                 status = 2
                 continue
             c = compare(name, dtype, dev, ref)
             c.update(seconds_cpu=t_ref, seconds_device=t_dev, config=cfg.to_dict(), batch=int(len(labels)))
             result["cases"].append(c)
-            print(f"{name:12s} {dtype:8s} {c['logits_rel']:10.2e} {c['loss_rel']:10.2e} {c['grads_compared']:5d} "
+            print(f"{name:15s} {dtype:8s} {c['logits_rel']:10.2e} {c['loss_rel']:10.2e} {c['grads_compared']:5d} "
                   f"{c['worst_grad_rel']:14.2e} {c['tolerance']:6.0e}  {'ok' if c['ok'] else 'FAIL':6s}  "
                   f"{c['worst_grad']}")
             for r in c["rows"]:

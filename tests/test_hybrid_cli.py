@@ -137,3 +137,14 @@ def test_fp16_trains_a_hybrid_close_to_fp32(rng):
         assert all(v.dtype == np.float32 for v in model.params.values())
     np.testing.assert_allclose(losses["fp16"], losses["fp32"], rtol=2e-2)
     assert losses["fp32"][-1] < losses["fp32"][0]
+
+
+def test_the_fashion_mnist_hybrid_preset():
+    """The root turns 28 px into a 7x7 map; patch 1: 49 tokens; the rest of the recipe is fashion-mnist's."""
+    s, _ = settings.resolve_settings(["--config", "fashion-mnist-hybrid"])
+    c = train.model_config(s, num_classes=10)
+    assert c.resnet == sv.ResNetConfig((), 0.5) and (c.feature_size, c.patch_size, c.seq_len) == (7, 1, 49)
+    base, _ = settings.resolve_settings(["--config", "fashion-mnist"])
+    same = ("optimizer", "lr", "weight_decay", "schedule", "batch_size", "epochs", "warmup_steps", "grad_clip",
+            "label_smoothing", "augment", "dataset", "image_size", "classifier")
+    assert all(getattr(s, k) == getattr(base, k) for k in same)

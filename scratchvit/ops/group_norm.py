@@ -98,14 +98,18 @@ def _group_norm_backward_numpy(dy, cache):
     B, HW, C = x_hat.shape
     n = HW * (C // groups)
     dy3 = dy.reshape(B, HW, C)
-    dscale = np.einsum("bpc,bpc->c", dy3, x_hat)
-    dbias = dy3.sum(axis=(0, 1))
-    g = dy3 * scale
-    mean_gx = _group_means(np.einsum("bpc,bpc->bc", g, x_hat), groups, n)
-    g -= _group_means(g.sum(axis=1), groups, n)
-    g -= x_hat * mean_gx
-    g *= rstd
-    return g.reshape(shape), dscale, dbias
+    # two reductions over the pixels give everything: per (image, channel) sums of dy and of dy * x_hat;
+    # their sums over the images are dbias and dscale, their scale-weighted group sums the two means of g
+    s1 = dy3.sum(axis=1)  # (B, C)
+    s2 = np.einsum("bpc,bpc->bc", dy3, x_hat)
+    dscale, dbias = s2.sum(axis=0), s1.sum(axis=0)
+    mean_g = _group_means(s1 * scale, groups, n)  # mean_bg(g), g = dy * scale, repeated per channel
+    mean_gx = _group_means(s2 * scale, groups, n)  # mean_bg(g * x_hat)
+    # dx = rstd * (dy * scale - mean_g - x_hat * mean_gx), per-channel factors folded first
+    dx = dy3 * (rstd * scale)
+    dx -= x_hat * (rstd * mean_gx)
+    dx -= rstd * mean_g
+    return dx.reshape(shape), dscale, dbias
 
 
 def group_norm_forward(x, scale, bias, groups: int = GROUPS, eps: float = EPS):
