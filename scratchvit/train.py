@@ -168,8 +168,11 @@ class Run:
         self.metrics.write(step=step, epoch=step / self.steps_per_epoch, split=split, **values)
 
 
-CALIBRATION_STEPS = 30  # --time-limit: steps of the warmup that measure the step time (the first SETTLE not timed)
-SETTLE_STEPS = 3  # first steps of a process: caches, threads and the batch queue fill
+# --time-limit: steps of the warmup that measure the step time, the first quarter (SETTLE_STEPS at most) not timed:
+# caches, threads and the batch queue fill there. 30 steps (2 s alone) misjudged the Quickstart-sized hybrid's step
+# by -11% and +29% on the same quiet machine (bench/RESULTS.md); 100 steps average over 4-8 s.
+CALIBRATION_STEPS = 100
+SETTLE_STEPS = 10
 
 
 @dataclasses.dataclass
@@ -190,7 +193,7 @@ class TimeLimit:
     def start(cls, s: TrainSettings, step: int) -> "TimeLimit":
         """The calibration of a run that starts (or resumes, before its count was set) at ``step``."""
         n = max(min(CALIBRATION_STEPS, s.warmup_steps - step), 1)
-        settle = SETTLE_STEPS if n > 2 * SETTLE_STEPS else 0
+        settle = min(SETTLE_STEPS, n // 4)
         return cls(60.0 * s.time_limit, step + settle, step + n)
 
 

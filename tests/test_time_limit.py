@@ -62,8 +62,8 @@ def test_a_run_stopped_in_its_calibration_calibrates_again(fmnist_dir, tmp_path,
     assert json.loads((tmp_path / "r" / "config.json").read_text())["total_steps"] is None
     assert train.main(["--out", str(tmp_path / "r"), "--resume", "--no-progress"]) == 0
     assert "at step 4 of the steps that fit (counted again: it stopped in its calibration)" in capsys.readouterr().out
-    cfg = json.loads((tmp_path / "r" / "config.json").read_text())  # timed from step 4 + 3 to the warmup's end
-    assert cfg["time_limit"]["measured_steps"] == [7, 12] and cfg["total_steps"] == metrics(tmp_path / "r")[-1]["step"]
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())  # timed from step 4 + 8 // 4 to the warmup's end
+    assert cfg["time_limit"]["measured_steps"] == [6, 12] and cfg["total_steps"] == metrics(tmp_path / "r")[-1]["step"]
 
 
 def test_time_limit_settings():
