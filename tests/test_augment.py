@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from data_helpers import make_cifar10
-from test_train import interrupt_on_call
+from test_train import assert_resume_is_bit_exact
 
 from scratchvit import settings, train
 from scratchvit import step as sv_step
@@ -212,11 +212,4 @@ def test_resume_is_bit_exact_with_every_regulariser_on(cifar_dir, tmp_path, monk
             "--workers", "1", "--optimizer", "adamw", "--lr", "0.003", "--augment", "pad-crop-flip", "--pad", "2",
             "--random-erasing", "0.5", "--mixup", "0.8", "--cutmix", "1.0", "--label-smoothing", "0.1",
             "--dropout", "0.1", "--attention-dropout", "0.1", "--drop-path", "0.2", "--accum-steps", "2"]
-    assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
-    with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 5)
-        assert train.main([*args, "--out", str(tmp_path / "stopped")]) == 130
-    assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
-    with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:
-        for k in a.files:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_resume_is_bit_exact(args, tmp_path, monkeypatch, stop_at=5)

@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 from gradcheck import numerical_grad, relative_error, sample_indices
-from test_train import fmnist_dir, interrupt_on_call, metrics  # noqa: F401  (fmnist_dir: the fixture of a small Fashion-MNIST)
+from test_train import assert_resume_is_bit_exact, fmnist_dir, interrupt_on_call, metrics  # noqa: F401  (fmnist_dir: the fixture of a small Fashion-MNIST)
 
 import scratchvit as sv
 from scratchvit import checkpoint, evaluate, train
-from scratchvit import step as sv_step
 
 
 def mpp_config(classifier="token", channels=3):
@@ -129,14 +128,7 @@ def test_pre_train_then_fine_tune(fmnist_dir, tmp_path, capsys):  # noqa: F811
 
 def test_masked_patch_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):  # noqa: F811
     args = [*FAST, "--data-dir", str(fmnist_dir), "--objective", "masked-patch", "--steps", "8", "--accum-steps", "2"]
-    assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
-    with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 7)
-        assert train.main([*args, "--out", str(tmp_path / "stopped")]) == 130
-    assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
-    with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:
-        for k in a.files:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_resume_is_bit_exact(args, tmp_path, monkeypatch, stop_at=7)
 
 
 def test_a_masked_patch_option_that_cannot_work_is_named():

@@ -60,6 +60,20 @@ def interrupt_on_call(monkeypatch, obj, name, n):
     monkeypatch.setattr(obj, name, interrupting)
 
 
+def assert_resume_is_bit_exact(args, tmp_path, monkeypatch, stop_at: int):
+    """Train ``args`` (train.main's, without --out) straight into tmp_path/straight, and again into
+    tmp_path/stopped with Ctrl-C at the ``stop_at``-th step, then --resume: last.npz equal bit for bit."""
+    assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
+    with monkeypatch.context() as m:
+        interrupt_on_call(m, sv_step, "flat_loss_and_grads", stop_at)
+        assert train.main([*args, "--out", str(tmp_path / "stopped")]) == 130
+    assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
+    with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:
+        assert set(a.files) == set(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def metrics(out):
     return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
