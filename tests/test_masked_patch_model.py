@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from gradcheck import numerical_grad, relative_error, sample_indices
-from test_train import assert_resume_is_bit_exact, fmnist_dir, interrupt_on_call, metrics  # noqa: F401  (fmnist_dir: the fixture of a small Fashion-MNIST)
+from test_train import assert_resume_is_bit_exact, fmnist_dir, metrics  # noqa: F401  (fmnist_dir: the fixture of a small Fashion-MNIST)
 
 import scratchvit as sv
 from scratchvit import checkpoint, evaluate, train
