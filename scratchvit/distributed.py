@@ -7,7 +7,7 @@ synchronous data parallelism (as ``pmap`` + ``lax.pmean`` in the official vit_ja
 - every rank builds the same global batch of ``--batch-size`` images (same order and augmentation
   as one process) and takes its contiguous 1/N of the rows (:meth:`MPI.split_range`; a batch that
   ``--skip-bad-images`` left short splits unevenly, and each rank then weights its mean by its share
-  before the allreduce, ``train.train_step``); the data work is therefore repeated on every rank,
+  before the allreduce, :func:`scratchvit.step.train_step`); the data work is therefore repeated on every rank,
   the model work is divided;
 - each rank's flat gradient buffer (:mod:`scratchvit.flat`) and loss go into one contiguous buffer, summed
   with ONE allreduce per step and divided by N (:meth:`MPI.allreduce_mean`); on ``--device gpu`` the sum
@@ -24,17 +24,10 @@ buffer (:func:`flatten`), and all ranks stop together after the step in which an
 
 Data sets are fetched once: :meth:`MPI.main_first` loads on rank 0 first (which downloads into the
 shared cache where needed) while the other ranks wait, then they load what it fetched.
-
-Test hook: the environment variable ``SCRATCHVIT_TEST_STALL=RANK:STEP`` makes rank RANK stop
-answering (sleep) before the gradient allreduce of step STEP, to check the timeout path;
-``RANK:STEP:exit`` makes it die there instead (exit status 9, no goodbye to MPI);
-``RANK:STEP:sigint`` makes it send itself SIGINT there (Ctrl-C on one rank only). The variable is
-read once, when :class:`MPI` is set up; the step loop only compares the step with the parsed one.
 """
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
@@ -42,7 +35,6 @@ import numpy as np
 
 from .backend import namespace
 
-STALL_ENV = "SCRATCHVIT_TEST_STALL"
 # How long the other ranks wait for rank 0 to fetch a data set (a download can outlast --mpi-timeout).
 FETCH_TIMEOUT = 3600.0
 
@@ -79,9 +71,6 @@ class Single:
     def check_same(self, digest: str):
         pass
 
-    def stall_hook(self, step: int):
-        pass
-
 
 class MPI:
     """``size`` ranks over ``MPI.COMM_WORLD`` (mpi4py); see the module docstring.
@@ -98,7 +87,6 @@ class MPI:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.is_main = self.rank == 0
         self.nccl = _NcclSum(self) if device == "gpu" else None
-        self._stall_step, self._stall_how = parse_stall_hook(os.environ.get(STALL_ENV, ""), self.rank)
 
     # ------------------------------------------------------------------ data
     def split_range(self, n: int) -> tuple[int, int]:
@@ -174,36 +162,6 @@ class MPI:
         if odd:
             raise ValueError(f"distributed: the settings of rank(s) {odd} differ from rank 0's; every rank must be "
                              "started with the same command line")
-
-    def stall_hook(self, step: int):
-        """Test hook (see the module docstring), parsed once in ``__init__``: this rank stops answering
-        before step STEP's allreduce. Every other step costs one integer comparison."""
-        if step != self._stall_step:
-            return
-        if self._stall_how == "exit":
-            os._exit(9)
-        elif self._stall_how == "sigint":
-            signal.raise_signal(signal.SIGINT)
-        else:
-            time.sleep(10 * self.timeout + 60)
-
-
-def parse_stall_hook(value: str, rank: int) -> tuple[int | None, str]:
-    """(step, how) of a ``SCRATCHVIT_TEST_STALL`` value (``RANK:STEP[:exit|:sigint]``) for ``rank``;
-    (None, "") when it is empty or names another rank.
-
-    Raises:
-        ValueError: a value that is not of that form (naming the variable).
-    """
-    if not value:
-        return None, ""
-    parts = value.split(":")
-    if len(parts) not in (2, 3) or not (parts[0].isdigit() and parts[1].isdigit()) or \
-            parts[2:] not in ([], ["exit"], ["sigint"]):
-        raise ValueError(f"{STALL_ENV}={value!r}: expected RANK:STEP, RANK:STEP:exit or RANK:STEP:sigint")
-    if int(parts[0]) != rank:
-        return None, ""
-    return int(parts[1]), (parts[2] if len(parts) == 3 else "stall")
 
 
 class _NcclSum:

@@ -41,11 +41,11 @@ from .data import GREY_DATASETS, Batches
 from .evaluate import open_dataset
 from .files import write_atomic, write_text_atomic
 from .model import ViT
-from .ops.dropout import RngKey
 from .ops.weight_standardize import weight_standardize_forward
 from .params import POSEMB
 from .plot import _import_pyplot
 from .predict import _load_image
+from .rng import RngKey
 from .runs import run_gelu, run_info
 from .settings import InspectSettings, parse_settings
 

@@ -31,15 +31,16 @@ the forward and backward are the plain equations above, bit for bit.
 from __future__ import annotations
 
 import copy
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import ops, step
+from . import accumulate, ops
 from .backend import check_dtype, device_object, dtype_of, module_for, to_device
 from .checkpoint import load_checkpoint
 from .configs import ViTConfig, get_config
 from .flat import Layout
-from .ops.dropout import EMBEDDING_SITE, site
+from .ops.cross_entropy import check_targets
 from .params import (
     ATTN,
     ATTN_KEYS,
@@ -52,6 +53,24 @@ from .params import (
     param_shapes,
     resnet_units,
 )
+from .rng import EMBEDDING_SITE, site
+
+
+class BlockCache(NamedTuple):
+    """What one encoder block's backward needs from its forward (paper Eq. 2-3), in the forward's order: each
+    op's cache (:mod:`scratchvit.ops`), None where a dropout or drop path dropped nothing."""
+
+    layer_norm_0: Any  # Eq. 2: LN(z_{l-1})
+    attention: Any  # MSA
+    attention_out_dropout: Any  # dropout of the attention output
+    drop_path_attention: Any  # drop path of the attention branch
+    layer_norm_2: Any  # Eq. 3: LN(z'_l)
+    mlp_dense_0: Any  # MLP: Dense_0
+    gelu: Any  # GELU
+    mlp_hidden_dropout: Any  # dropout after the GELU
+    mlp_dense_1: Any  # Dense_1
+    mlp_out_dropout: Any  # dropout after Dense_1
+    drop_path_mlp: Any  # drop path of the MLP branch
 
 
 class ViT:
@@ -143,8 +162,9 @@ class ViT:
         row 0 of ``images`` in the step's batch) applies the config's dropout, attention dropout and
         stochastic depth, their masks drawn from the key (module docstring); otherwise nothing drops.
 
-        The caches are keyed "embedding", "embedding_dropout", each block's prefix, "encoder_norm", "pool",
-        ("pre_logits", "pre_logits_tanh",) "head"; :meth:`backward` pops the block entries as it goes.
+        The caches are keyed "embedding", "embedding_dropout", each block's prefix (a :class:`BlockCache`),
+        "encoder_norm", "pool", ("pre_logits", "pre_logits_tanh",) "head"; :meth:`backward` pops the block
+        entries as it goes.
         """
         c, p, xp = self.config, self.params, self.xp
         x = self._images(images)
@@ -177,12 +197,7 @@ class ViT:
             # Eq. 2: z'_l = MSA(LN(z_{l-1})) + z_{l-1}   (+ dropout and drop path of the branch)
             h, ln0 = ops.layer_norm_forward(x, p[b + "LayerNorm_0/scale"], p[b + "LayerNorm_0/bias"])
             attn_p = {k: p[f"{b}{ATTN}/{k}"] for k in ATTN_KEYS}
-            keep = None
-            if key is not None and attn_drop > 0.0:
-                B, N = h.shape[0], h.shape[1]
-                keep = ops.keep_mask(xp, key, site(i, "attention_probs"), (B, c.num_heads, N, N), attn_drop,
-                                     h.dtype, self.device_object)
-            h, attn = ops.attention_forward(h, attn_p, keep)
+            h, attn = ops.attention_forward(h, attn_p, attn_drop, key, site(i, "attention_probs"))
             h, d0 = ops.dropout_forward(h, drop, key, site(i, "attention_out"))
             h, dp0 = ops.drop_path_forward(h, path, key, site(i, "drop_path_attention"))
             x += h
@@ -196,7 +211,7 @@ class ViT:
             h, dp1 = ops.drop_path_forward(h, path, key, site(i, "drop_path_mlp"))
             x += h
             if keep_cache:
-                caches[b] = (ln0, attn, ln2, fc0, act, fc1, (d0, dp0, d1, d2, dp1))
+                caches[b] = BlockCache(ln0, attn, d0, dp0, ln2, fc0, act, d1, fc1, d2, dp1)
 
         # Eq. 4: final layer norm, pooling, optional tanh pre-logits, head.
         x, caches["encoder_norm"] = ops.layer_norm_forward(
@@ -319,7 +334,7 @@ class ViT:
             ValueError: as :meth:`forward`.
         """
         _, caches = self._forward(images, keep_cache=True)
-        return [ops.attention_weights(caches[block_prefix(i)][1]) for i in range(self.config.num_layers)]
+        return [ops.attention_weights(caches[block_prefix(i)].attention) for i in range(self.config.num_layers)]
 
     # ------------------------------------------------------------------ backward
     def backward(self, dlogits, caches, need_dinput: bool = False):
@@ -351,21 +366,22 @@ class ViT:
         # Eq. 3-2 backward: the blocks last to first.
         for i in reversed(range(c.num_layers)):
             b = block_prefix(i)
-            ln0, attn, ln2, fc0, act, fc1, (d0, dp0, d1, d2, dp1) = caches.pop(b)
+            bc = caches.pop(b)
             # Eq. 3, x = x + MLP(LN_2(x)): the residual passes dx through, the branch adds its gradient.
-            dh = ops.dropout_backward(ops.drop_path_backward(dx, dp1), d2)  # dx itself when nothing dropped
-            dh, g[f"{b}{MLP}/Dense_1/kernel"], g[f"{b}{MLP}/Dense_1/bias"] = ops.dense_backward(dh, fc1)
-            dh = ops.dropout_backward(dh, d1)
-            dh = ops.gelu_backward(dh, act)
-            dh, g[f"{b}{MLP}/Dense_0/kernel"], g[f"{b}{MLP}/Dense_0/bias"] = ops.dense_backward(dh, fc0)
-            dh, g[b + "LayerNorm_2/scale"], g[b + "LayerNorm_2/bias"] = ops.layer_norm_backward(dh, ln2)
+            # dropout and drop path (dx itself where nothing dropped), the MLP, the layer norm
+            dh = ops.dropout_backward(ops.drop_path_backward(dx, bc.drop_path_mlp), bc.mlp_out_dropout)
+            dh, g[f"{b}{MLP}/Dense_1/kernel"], g[f"{b}{MLP}/Dense_1/bias"] = ops.dense_backward(dh, bc.mlp_dense_1)
+            dh = ops.dropout_backward(dh, bc.mlp_hidden_dropout)
+            dh = ops.gelu_backward(dh, bc.gelu)
+            dh, g[f"{b}{MLP}/Dense_0/kernel"], g[f"{b}{MLP}/Dense_0/bias"] = ops.dense_backward(dh, bc.mlp_dense_0)
+            dh, g[b + "LayerNorm_2/scale"], g[b + "LayerNorm_2/bias"] = ops.layer_norm_backward(dh, bc.layer_norm_2)
             dx += dh
             # Eq. 2, x = x + MSA(LN_0(x))
-            dh = ops.dropout_backward(ops.drop_path_backward(dx, dp0), d0)
-            dh, attn_g = ops.attention_backward(dh, attn)
+            dh = ops.dropout_backward(ops.drop_path_backward(dx, bc.drop_path_attention), bc.attention_out_dropout)
+            dh, attn_g = ops.attention_backward(dh, bc.attention)
             for k, v in attn_g.items():
                 g[f"{b}{ATTN}/{k}"] = v
-            dh, g[b + "LayerNorm_0/scale"], g[b + "LayerNorm_0/bias"] = ops.layer_norm_backward(dh, ln0)
+            dh, g[b + "LayerNorm_0/scale"], g[b + "LayerNorm_0/bias"] = ops.layer_norm_backward(dh, bc.layer_norm_0)
             dx += dh
 
         # Eq. 1 backward: embedding dropout, position embedding, class token, patch embedding.
@@ -399,7 +415,7 @@ class ViT:
                             key: "ops.RngKey | None" = None):
         """One forward and backward pass over a part of a batch, its mean loss weighted by ``weight``.
 
-        The building block of :func:`scratchvit.step.loss_and_grads`: ``weight`` (the part's share of
+        The building block of :func:`scratchvit.accumulate.loss_and_grads`: ``weight`` (the part's share of
         the batch, rows / B) times ``loss_scale`` is the upstream gradient of the cross-entropy, so
         the gradients of the parts sum to those of the whole batch.
 
@@ -485,7 +501,7 @@ class ViT:
     def loss_and_grads(self, images, labels, need_dinput: bool = False, label_smoothing: float = 0.0):
         """Mean softmax cross-entropy of the batch and its gradient for every parameter.
 
-        On the CPU the batch runs in shards on scratchvit's threads (:func:`scratchvit.step.loss_and_grads`):
+        On the CPU the batch runs in shards on scratchvit's threads (:func:`scratchvit.accumulate.loss_and_grads`):
         the same sums in another order.
 
         Args:
@@ -510,10 +526,10 @@ class ViT:
             raise ValueError(f"cross-entropy: labels must have shape ({B},) (or ({B}, {K}) soft targets), "
                              f"got {tuple(labels.shape)}")
         if isinstance(labels, np.ndarray):
-            step.check_labels(labels, self.config.num_classes)
-        loss, grads = step.loss_and_grads(self, images, to_device(labels, self.device),
-                                          label_smoothing=label_smoothing, need_dinput=need_dinput,
-                                          key=ops.RngKey(0, 0))  # masked patch: every shard's rows, one plan
+            check_targets(labels, self.config.num_classes)
+        loss, grads = accumulate.loss_and_grads(self, images, to_device(labels, self.device),
+                                                label_smoothing=label_smoothing, need_dinput=need_dinput,
+                                                key=ops.RngKey(0, 0))  # masked patch: every shard's rows, one plan
         return float(loss), grads
 
     def cast(self, dtype) -> "ViT":

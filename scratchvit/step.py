@@ -1,24 +1,13 @@
 """The training step: one global batch in, one optimiser update out.
 
-A global batch of B images is split, and every split is the same idea: each part computes the
-mean loss of its rows and its gradients, weighted by its share ``rows / B``, and the parts are
-summed. That gives the mean over the B images whatever the part sizes. Three kinds of part:
-
-* **MPI ranks** (``dist.split_range``): each rank takes its contiguous rows; the allreduce sums
-  the ranks' weighted parts (the official code's ``jax.lax.pmean``).
-* **micro-batches** (``--accum-steps``, the official ``vit_jax/utils.py: accumulate_gradient``):
-  parts run one after the other, with the activation memory of one.
-* **threads** (CPU only): each micro-batch's rows run forward and backward on scratchvit's threads
-  (:func:`scratchvit.cpu.split_batch`), OpenBLAS held to one thread meanwhile.
-
-The weight enters once, as the upstream gradient of the cross-entropy (``dloss = rows / B``), so
-the parts' gradients need no rescaling and are summed as they come.
-
-:func:`train_step` is what ``python -m scratchvit.train`` runs per batch: the host batch moves to
-the model's device once, here; gradients, clipping and the optimiser update stay on the device;
-the loss, the gradient norm and the stop flag come back to the host in one read per step. The
-gradients are summed in one flat buffer of the parameters' layout (:mod:`scratchvit.flat`), so the
-unscaling, the norm, the clipping, the MPI allreduce and the optimiser update each run over one array.
+:func:`train_step` is what ``python -m scratchvit.train`` runs per batch. Under MPI each rank takes its
+contiguous rows of the global batch (``dist.split_range``); its loss and gradients, weighted by its share
+of the batch, come from :func:`scratchvit.accumulate.flat_loss_and_grads` (micro-batches and CPU threads),
+and one allreduce sums the ranks' parts (the official code's ``jax.lax.pmean``). The host batch moves to
+the model's device once, here; gradients, clipping and the optimiser update stay on the device; the
+loss, the gradient norm and the stop flag come back to the host in one read per step. The gradients
+are summed in one flat buffer of the parameters' layout (:mod:`scratchvit.flat`), so the unscaling,
+the norm, the clipping, the MPI allreduce and the optimiser update each run over one array.
 
 Mixed precision (``precision="fp16"``; Micikevicius et al., ICLR 2018): the model keeps float32
 master parameters and optimiser state; each step runs forward and backward on a float16 copy of
@@ -33,18 +22,13 @@ import math
 
 import numpy as np
 
-from . import cpu, distributed
-from .backend import PRECISIONS, is_numpy, namespace, to_device, to_numpy
+from . import accumulate, distributed
+from .backend import PRECISIONS, to_device, to_numpy
 from .ops.cross_entropy import check_targets as check_labels
-from .ops.dropout import RngKey
 from .optim import clip_by_global_norm, global_norm
+from .rng import RngKey
 
 COMPUTE_DTYPES = {"fp32": None, "fp16": "float16"}  # None: the model's own dtype
-
-
-def shares(n: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous (start, stop) row ranges of ``parts`` parts of ``n`` rows, sizes differing by at most one."""
-    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
 
 
 @dataclasses.dataclass
@@ -117,94 +101,6 @@ class StepResult:
     stop: bool = False
 
 
-def _add(total, part, dtype):
-    """total += part (flat gradient buffers), in place; the first part becomes the total (cast to ``dtype``)."""
-    if total is None:
-        return part if dtype is None else namespace(part).astype(part, dtype)
-    if part.dtype == total.dtype:
-        total += part
-    else:
-        total += namespace(part).astype(part, total.dtype)
-    return total
-
-
-def loss_and_grads(model, images, labels, *, total: float | None = None, accum_steps: int = 1,
-                   label_smoothing: float = 0.0, loss_scale: float = 1.0, grad_dtype=None,
-                   need_dinput: bool = False, train: bool = False, key=None):
-    """The weighted sum over parts of (mean loss, gradients): micro-batches, and threads on the CPU.
-
-    Args:
-        model: a :class:`scratchvit.ViT` (its ``part_loss_and_grads`` runs one part).
-        images: (B, H, W, 3) on the model's device, in its dtype; labels: (B,) integers there, or (B, K)
-            soft targets.
-        total: the number of images the weights divide by (default B; under MPI the global batch
-            over the number of ranks, whose allreduce then averages).
-        accum_steps: micro-batches, run one after the other (sizes differ by one where B does not divide).
-        label_smoothing: as :func:`scratchvit.ops.softmax_cross_entropy_forward`.
-        loss_scale: multiplies the gradients (not the loss): fp16 loss scaling.
-        grad_dtype: the dtype the gradients are summed in (the namespace's float32 for fp16), None: as computed.
-        need_dinput: also return d loss / d images under "images".
-        train, key: a training pass (dropout, drop path); ``key`` (:class:`scratchvit.ops.RngKey`) holds the
-            seed, the step and the global index of row 0 of ``images`` (this MPI rank's offset); each part
-            gets it moved on by the part's offset (micro-batch + thread shard), so every row draws the same
-            masks however the batch is split.
-
-    Returns:
-        (loss, grads): the mean loss over ``total`` images as a 0-d array on the device (no host read),
-        and {name: array} shaped like the parameters, times ``loss_scale``: views into one flat gradient
-        buffer (:func:`flat_loss_and_grads`), plus "images" when ``need_dinput``.
-
-    Raises:
-        ValueError: fewer images than micro-batches.
-    """
-    loss, grads, dimages = flat_loss_and_grads(model, images, labels, total=total, accum_steps=accum_steps,
-                                               label_smoothing=label_smoothing, loss_scale=loss_scale,
-                                               grad_dtype=grad_dtype, need_dinput=need_dinput, train=train, key=key)
-    named = model.layout.views(grads)
-    if need_dinput:
-        named["images"] = dimages
-    return loss, named
-
-
-def flat_loss_and_grads(model, images, labels, *, total: float | None = None, accum_steps: int = 1,
-                        label_smoothing: float = 0.0, loss_scale: float = 1.0, grad_dtype=None,
-                        need_dinput: bool = False, train: bool = False, key=None):
-    """:func:`loss_and_grads` with the gradients in one flat buffer of ``model.layout`` (:mod:`scratchvit.flat`).
-
-    Each part's gradients (a dict from the backward pass) are copied into a flat buffer once
-    (:meth:`~scratchvit.flat.Layout.gather`: one ``concat``), and the parts' buffers are summed, one
-    operation per part; the sums are those of the named arrays, element for element.
-
-    Returns:
-        (loss, grads, dimages): the loss as :func:`loss_and_grads`; the 1-D gradient buffer (``model.layout.size``
-        elements, ``grad_dtype`` or the model's, on its device); d loss / d images ((B, H, W, 3)) when
-        ``need_dinput``, else None.
-
-    Raises:
-        ValueError: fewer images than micro-batches.
-    """
-    B = images.shape[0]
-    if B < accum_steps:
-        raise ValueError(f"a batch of {B} images cannot make {accum_steps} micro-batches (--accum-steps)")
-    total = B if total is None else total
-    on_cpu = is_numpy(model.xp)
-    loss, grads, dimages = None, None, None
-    for lo, hi in shares(B, accum_steps):
-        def part(s, e, lo=lo):
-            return model.part_loss_and_grads(images[lo + s:lo + e, ...], labels[lo + s:lo + e, ...], (e - s) / total,
-                                             label_smoothing=label_smoothing, loss_scale=loss_scale,
-                                             need_dinput=need_dinput, train=train,
-                                             key=None if key is None else key.offset(lo + s))
-
-        for part_loss, part_grads in cpu.split_batch(part, hi - lo, on_cpu=on_cpu):
-            loss = part_loss if loss is None else loss + part_loss
-            grads = _add(grads, model.layout.gather(part_grads), grad_dtype)
-            if need_dinput:  # an input gradient: the parts' rows, side by side
-                d = part_grads["images"]
-                dimages = d if dimages is None else namespace(d).concat([dimages, d], axis=0)
-    return loss, grads, dimages
-
-
 def train_step(model, optimizer, opt_state: dict, images, labels, lr: float, *, dist=None, accum_steps: int = 1,
                label_smoothing: float = 0.0, grad_clip: float | None = 1.0, precision: str = "fp32",
                loss_scale: LossScale | None = None, step: int = 0, stop: bool = False, seed: int = 0) -> StepResult:
@@ -218,11 +114,11 @@ def train_step(model, optimizer, opt_state: dict, images, labels, lr: float, *, 
             or (B, K) float soft targets (mixup / CutMix).
         lr: this step's learning rate.
         dist: :mod:`scratchvit.distributed` object (None: one process).
-        accum_steps, label_smoothing: see :func:`loss_and_grads`.
+        accum_steps, label_smoothing: see :func:`scratchvit.accumulate.loss_and_grads`.
         grad_clip: global-norm clipping threshold (None or 0: off).
         precision: "fp32" (the model's dtype throughout) or "fp16" (mixed precision; needs ``loss_scale``).
         loss_scale: the :class:`LossScale` of an fp16 run (updated here).
-        step: the step number (for messages, the MPI test hooks and the dropout masks).
+        step: the step number (for messages, the allreduce's timeout message and the dropout masks).
         seed: the run's seed; with ``step`` and each row's global index it fixes the dropout and drop-path
             masks (:class:`scratchvit.ops.RngKey`), so ranks, micro-batches, threads and resumed runs agree.
         stop: this rank was asked to stop (Ctrl-C); under MPI the flag travels with the gradients, so
@@ -248,14 +144,14 @@ def train_step(model, optimizer, opt_state: dict, images, labels, lr: float, *, 
     x = to_device(images[lo:hi], model.device, compute.dtype)  # the step's one host-to-device copy
     y = to_device(labels[lo:hi], model.device)
     scale = loss_scale.scale if precision == "fp16" else 1.0
-    loss, grads, _ = flat_loss_and_grads(compute, x, y, total=batch / dist.size, accum_steps=accum_steps,
-                                         label_smoothing=label_smoothing, loss_scale=scale,
-                                         grad_dtype=None if compute is model else model.xp.float32, train=True,
-                                         key=key)  # grads: the flat buffer of model.layout, the masters' dtype
+    loss, grads, _ = accumulate.flat_loss_and_grads(compute, x, y, total=batch / dist.size,
+                                                    accum_steps=accum_steps, label_smoothing=label_smoothing,
+                                                    loss_scale=scale, train=True, key=key,
+                                                    grad_dtype=None if compute is model else model.xp.float32)
+    # grads: the flat buffer of model.layout, in the masters' dtype
     xp = model.xp
     flag = xp.asarray(float(stop), dtype=xp.float64, device=model.device_object)
     if dist.size > 1:
-        dist.stall_hook(step)
         buf = dist.allreduce_mean(distributed.flatten(grads, loss, flag), step)  # one allreduce, one buffer
         loss, grads, flag = distributed.unflatten(buf, model.layout.size)
     if scale != 1.0:

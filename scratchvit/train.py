@@ -49,8 +49,7 @@ from .evaluate import evaluate, evaluate_masked_patch, open_dataset
 from .files import WriteError, write_error, write_text_atomic
 from .model import ViT
 from .settings import TrainSettings, resolve_settings
-from .step import LossScale, StepResult
-from .step import train_step as train_one_step
+from .step import LossScale, StepResult, train_step
 
 # The first line of an fp16 run on the CPU (bench/RESULTS.md, "fp16 on the CPU", has the measurement).
 FP16_ON_CPU = ("--precision fp16 on the CPU: a GPU's numerics (float16 matrix products accumulated in float32), "
@@ -299,13 +298,13 @@ def evaluate_shared(run: Run, images, labels, tta: str | None = None) -> dict:
     return out
 
 
-def train_step(run: Run, x, y, step: int, stop: bool = False) -> StepResult:
+def run_step(run: Run, x, y, step: int, stop: bool = False) -> StepResult:
     """One optimiser step of the run on the global batch (x, y) (host arrays): :func:`scratchvit.step.train_step`
     with the run's settings. Returns its :class:`~scratchvit.step.StepResult`."""
     s = run.settings
-    return train_one_step(run.model, run.opt, run.opt_state, x, y, run.lr(step), dist=run.dist,
-                          accum_steps=s.accum_steps, label_smoothing=s.label_smoothing, grad_clip=s.grad_clip,
-                          precision=s.precision, loss_scale=run.loss_scale, step=step, stop=stop, seed=s.seed)
+    return train_step(run.model, run.opt, run.opt_state, x, y, run.lr(step), dist=run.dist,
+                      accum_steps=s.accum_steps, label_smoothing=s.label_smoothing, grad_clip=s.grad_clip,
+                      precision=s.precision, loss_scale=run.loss_scale, step=step, stop=stop, seed=s.seed)
 
 
 @contextlib.contextmanager
@@ -370,7 +369,7 @@ def train(s: TrainSettings, resume: bool = False, ds=None, log=print, run_test: 
                     break
                 assert step_in == step
                 try:
-                    result = train_step(run, x, y, step, stop=bool(pressed))
+                    result = run_step(run, x, y, step, stop=bool(pressed))
                 except FloatingPointError as e:
                     saved = (f"the last good checkpoint is {out / 'last.npz'} (step {last_saved})" if last_saved
                              else "no checkpoint was written before it")

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from test_train import fmnist_dir, interrupt_on_call  # noqa: F401  (fmnist_dir: the fixture of a small Fashion-MNIST)
 
-from scratchvit import distributed, train
-from scratchvit import step as sv_step
+from scratchvit import accumulate, distributed, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpirun")
@@ -35,11 +34,12 @@ def mpiexec(n: int) -> list[str]:
     return [MPIEXEC, *extra, "-n", str(n)]
 
 
-def launch(n, args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    """``mpiexec -n n python -m scratchvit.train args`` (one BLAS thread per rank); ``args`` may hold ":" (MPMD)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SCRATCHVIT_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           **(env or {})}
-    cmd = mpiexec(n) + [sys.executable, "-m", "scratchvit.train", *args]
+def launch(n, args, stall=None, timeout=120) -> subprocess.CompletedProcess:
+    """``mpiexec -n n python -m scratchvit.train args`` (one BLAS thread per rank); ``args`` may hold ":" (MPMD).
+    ``stall`` ("RANK:STEP[:exit|:sigint]"): run tests/mpi_stall.py instead, which makes that rank fail there."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SCRATCHVIT_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    entry = ["-m", "scratchvit.train"] if stall is None else [str(ROOT / "tests" / "mpi_stall.py"), stall]
+    cmd = mpiexec(n) + [sys.executable, *entry, *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
@@ -93,7 +93,7 @@ def test_resume_on_two_ranks_a_run_stopped_on_one(fmnist_dir, tmp_path, monkeypa
     extra = ("--steps", "8", "--dtype", "float64")
     assert train.main(data_args(fmnist_dir, tmp_path / "straight", *extra)) == 0
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 5)
+        interrupt_on_call(m, accumulate, "flat_loss_and_grads", 5)
         assert train.main(data_args(fmnist_dir, tmp_path / "stopped", *extra)) == 130
     r = launch(2, ["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"])
     assert r.returncode == 0, r.stderr
@@ -108,7 +108,7 @@ def test_ctrl_c_on_one_rank_stops_all_ranks_at_the_same_step(fmnist_dir, tmp_pat
     gives the parameters of a run that never stopped."""
     extra = ("--steps", "8", "--dtype", "float64", "--mpi-timeout", "20")
     assert train.main(data_args(fmnist_dir, tmp_path / "straight", *extra)) == 0
-    r = launch(2, data_args(fmnist_dir, tmp_path / "stopped", *extra), env={"SCRATCHVIT_TEST_STALL": "1:3:sigint"})
+    r = launch(2, data_args(fmnist_dir, tmp_path / "stopped", *extra), stall="1:3:sigint")
     assert r.returncode == 130, r.stderr[-2000:]
     assert "interrupted at step 5" in r.stdout
     with np.load(tmp_path / "stopped" / "state.npz") as st:
@@ -124,7 +124,7 @@ def test_a_rank_that_hangs_or_dies_stops_the_others(fmnist_dir, tmp_path, how): 
     hook = "1:2" if how == "hang" else "1:2:exit"
     # 10 s: long enough for the ranks' start-up skew on a loaded 2-core machine, short for a test
     r = launch(2, data_args(fmnist_dir, tmp_path / "o", "--steps", "4", "--mpi-timeout", "10"),
-               env={"SCRATCHVIT_TEST_STALL": hook}, timeout=120)
+               stall=hook, timeout=120)
     assert r.returncode != 0
     err = r.stderr + r.stdout
     if how == "hang":  # our deadline fires
@@ -164,13 +164,14 @@ def test_single_process_is_the_identity():
     assert d.main_first(lambda: 5, "x") == 5
 
 
-def test_the_stall_hook_is_parsed_once_for_its_rank():
-    assert distributed.parse_stall_hook("", 0) == (None, "")
-    assert distributed.parse_stall_hook("1:3", 1) == (3, "stall")
-    assert distributed.parse_stall_hook("1:3:exit", 1) == (3, "exit")
-    assert distributed.parse_stall_hook("1:3:sigint", 0) == (None, "")  # another rank's
-    with pytest.raises(ValueError, match="SCRATCHVIT_TEST_STALL='1:x': expected RANK:STEP"):
-        distributed.parse_stall_hook("1:x", 1)
+def test_the_stall_launcher_reads_rank_step_and_how():
+    from mpi_stall import parse
+
+    assert parse("1:3") == (1, 3, "stall")
+    assert parse("0:2:exit") == (0, 2, "exit")
+    assert parse("1:3:sigint") == (1, 3, "sigint")
+    with pytest.raises(ValueError, match="'1:x': expected RANK:STEP"):
+        parse("1:x")
 
 
 MAIN_FIRST = """

@@ -7,8 +7,8 @@ import pytest
 from gradcheck import relative_error
 
 import scratchvit as sv
-from scratchvit import cpu, ops, optim, step
-from scratchvit.ops.dropout import RngKey, keep_mask, random_bits, site, uniform
+from scratchvit import accumulate, cpu, ops, optim, step
+from scratchvit.rng import RngKey, keep_mask, random_bits, site, uniform
 
 RATES = dict(dropout_rate=0.2, attention_dropout_rate=0.3, drop_path_rate=0.4)
 
@@ -109,17 +109,29 @@ def test_rate_zero_or_no_key_is_the_identity_and_bad_rates_are_refused(rng):
             fwd(x, 1.0, RngKey(0, 0), 1)
 
 
-def test_attention_dropout_mask_of_ones_changes_nothing(rng):
+def test_attention_dropout_draws_its_mask_from_key_and_site_in_both_forms(rng):
+    """attention_forward draws its (B, H, N, N) mask as dropout does (keep_mask of the key and site): the fast and
+    the plain form drop the same weights; no key (evaluation) or rate 0 drops nothing."""
     from test_ops import attention_params
 
-    x, p = rng.standard_normal((2, 5, 12)), attention_params(rng, 12, 3, scale=0.5)
-    y0, c0 = ops.attention_forward(x, p)
-    y1, c1 = ops.attention_forward(x, p, np.ones((2, 3, 5, 5)))
-    np.testing.assert_allclose(y1, y0, rtol=1e-14, atol=1e-14)
+    x, p = rng.standard_normal((4, 5, 12)), attention_params(rng, 12, 3, scale=0.5)
+    key, where = RngKey(1, 2, 3), site(0, "attention_probs")
+    y0, _ = ops.attention_forward(x, p)
+    np.testing.assert_array_equal(ops.attention_forward(x, p, 0.3)[0], y0)  # no key: nothing drops
+    np.testing.assert_array_equal(ops.attention_forward(x, p, 0.0, key, where)[0], y0)
+    y_fast, c_fast = ops.attention_forward(x, p, 0.3, key, where)
+    y_plain, c_plain = ops.attention_forward_plain(x, p, 0.3, key, where)
+    keep = keep_mask(np, key, where, (4, 3, 5, 5), 0.3, np.float64)
+    np.testing.assert_array_equal(c_fast[-1], keep)
+    np.testing.assert_array_equal(c_plain["keep"], keep)
+    assert 0.15 < float((keep == 0).mean()) < 0.45 and not np.allclose(y_fast, y0)
+    np.testing.assert_allclose(y_plain, y_fast, rtol=1e-12, atol=1e-13)
     dy = rng.standard_normal(y0.shape)
-    for a, b in zip(ops.attention_backward(dy, c0)[1].values(), ops.attention_backward(dy, c1)[1].values(),
-                    strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-14)
+    dx_f, g_f = ops.attention_backward(dy, c_fast)
+    dx_p, g_p = ops.attention_backward(dy, c_plain)
+    np.testing.assert_allclose(dx_p, dx_f, rtol=1e-11, atol=1e-12)
+    for k in g_f:
+        np.testing.assert_allclose(g_p[k], g_f[k], rtol=1e-11, atol=1e-12)
 
 
 # ------------------------------------------------------------------ the model
@@ -192,22 +204,22 @@ def test_masks_follow_rows_across_micro_batches_thread_shards_and_ranks(rng, mon
     images, labels = rng.uniform(-1, 1, (8, 16, 16, 3)), rng.integers(0, 5, 8)
     key = RngKey(4, 21, 0)
     monkeypatch.setattr(cpu, "NUM_THREADS", 1)
-    ref_loss, ref = step.loss_and_grads(model, images, labels, train=True, key=key)
+    ref_loss, ref = accumulate.loss_and_grads(model, images, labels, train=True, key=key)
     # the masks are on: the loss differs from an evaluation pass
-    assert abs(float(ref_loss) - float(step.loss_and_grads(model, images, labels)[0])) > 1e-6
+    assert abs(float(ref_loss) - float(accumulate.loss_and_grads(model, images, labels)[0])) > 1e-6
 
     def same(loss, grads):
         assert float(loss) == pytest.approx(float(ref_loss), rel=1e-12)
         for k in ref:
             np.testing.assert_allclose(grads[k], ref[k], rtol=1e-9, atol=1e-14, err_msg=k)
 
-    same(*step.loss_and_grads(model, images, labels, accum_steps=2, train=True, key=key))
+    same(*accumulate.loss_and_grads(model, images, labels, accum_steps=2, train=True, key=key))
     if cpu.blas_controller():
         for threads in (2, 3):
             monkeypatch.setattr(cpu, "NUM_THREADS", threads)
-            same(*step.loss_and_grads(model, images, labels, accum_steps=2, train=True, key=key))
+            same(*accumulate.loss_and_grads(model, images, labels, accum_steps=2, train=True, key=key))
         monkeypatch.setattr(cpu, "NUM_THREADS", 1)
-    parts = [step.loss_and_grads(model, images[lo:hi], labels[lo:hi], total=8, train=True, key=key.offset(lo))
+    parts = [accumulate.loss_and_grads(model, images[lo:hi], labels[lo:hi], total=8, train=True, key=key.offset(lo))
              for lo, hi in ((0, 3), (3, 8))]  # two ranks of shares 3 and 5, summed as the allreduce does
     same(parts[0][0] + parts[1][0], {k: parts[0][1][k] + parts[1][1][k] for k in ref})
 
@@ -219,7 +231,7 @@ def test_train_step_ranks_draw_the_masks_of_their_global_rows(rng):
     from scratchvit import distributed
 
     images, labels = rng.uniform(-1, 1, (6, 16, 16, 3)), rng.integers(0, 5, 6)
-    loss, big = step.loss_and_grads(small_model(np.random.default_rng(5), **RATES), images, labels, train=True,
+    loss, big = accumulate.loss_and_grads(small_model(np.random.default_rng(5), **RATES), images, labels, train=True,
                                     key=RngKey(2, 3, 0))
     opt = optim.make_optimizer("sgd")
     sent = []
@@ -281,8 +293,8 @@ def test_soft_targets_of_one_hot_rows_equal_integer_labels(rng):
     model = small_model(rng)
     images, labels = rng.uniform(-1, 1, (5, 16, 16, 3)), rng.integers(0, 5, 5)
     soft = np.eye(5)[labels]
-    loss, g = step.loss_and_grads(model, images, labels, label_smoothing=0.1, accum_steps=2)
-    loss_s, g_s = step.loss_and_grads(model, images, soft, label_smoothing=0.1, accum_steps=2)
+    loss, g = accumulate.loss_and_grads(model, images, labels, label_smoothing=0.1, accum_steps=2)
+    loss_s, g_s = accumulate.loss_and_grads(model, images, soft, label_smoothing=0.1, accum_steps=2)
     assert float(loss_s) == pytest.approx(float(loss), rel=1e-13)
     for k in g:
         np.testing.assert_allclose(g_s[k], g[k], rtol=1e-10, atol=1e-15)
@@ -323,9 +335,9 @@ def test_fp16_training_step_draws_the_fp32_masks(rng):
     images, labels = rng.uniform(-1, 1, (6, 16, 16, 3)), rng.integers(0, 5, 6)
     model = small_model(np.random.default_rng(3), dtype="float32", **RATES)
     key = RngKey(1, 4, 0)
-    loss32, _ = step.loss_and_grads(model, images.astype(np.float32), labels, train=True, key=key)
+    loss32, _ = accumulate.loss_and_grads(model, images.astype(np.float32), labels, train=True, key=key)
     half = model.cast("float16")
-    loss16, grads16 = step.loss_and_grads(half, images.astype(np.float16), labels, train=True, key=key,
+    loss16, grads16 = accumulate.loss_and_grads(half, images.astype(np.float16), labels, train=True, key=key,
                                           grad_dtype=np.float32)
     assert abs(float(loss16) - float(loss32)) < 1e-2 * abs(float(loss32))
     assert all(np.isfinite(g).all() for g in grads16.values())

@@ -12,8 +12,7 @@ from test_train import (
 )
 
 import scratchvit as sv
-from scratchvit import evaluate, optim, predict, settings, step, train
-from scratchvit import step as sv_step
+from scratchvit import accumulate, evaluate, optim, predict, settings, step, train
 
 # 16 px -> root (width 32) -> 4x4 map -> block1 (1 unit: 128 channels, a projection) -> patch 1: 16 tokens
 HYBRID = ["--model", "ViT-Ti_16", "--resnet", "1", "--resnet-width", "0.5", "--image-size", "16", "--patch-size", "1",
@@ -72,7 +71,7 @@ def test_resume_of_a_hybrid_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):  # 
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "6", "--accum-steps", "2")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 4)
+        interrupt_on_call(m, accumulate, "flat_loss_and_grads", 4)
         assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
     assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
     with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:

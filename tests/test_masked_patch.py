@@ -6,7 +6,7 @@ import pytest
 from gradcheck import numerical_grad, relative_error
 
 from scratchvit.ops import masked_patch as mp
-from scratchvit.ops.dropout import RngKey
+from scratchvit.rng import RngKey
 
 SITE = 1000
 KEY = RngKey(0, 1, 0)

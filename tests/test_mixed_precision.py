@@ -130,7 +130,7 @@ def test_fp16_cli_records_skips_and_resumes_the_scale(fmnist_dir, tmp_path, monk
     out, args = tmp_path / "fp16", ("--precision", "fp16", "--optimizer", "adamw", "--lr", "0.003", "--steps", "8")
     real = step.train_step
     with monkeypatch.context() as m:
-        interrupt_on_call(m, train, "train_one_step", 6)
+        interrupt_on_call(m, train, "train_step", 6)
         assert run(fmnist_dir, out, *args) == 130
     assert train.FP16_ON_CPU in capsys.readouterr().out.splitlines()[:2]
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
@@ -149,6 +149,6 @@ def test_fp16_cli_records_skips_and_resumes_the_scale(fmnist_dir, tmp_path, monk
         seen.append(k["loss_scale"].scale)
         return real(*a, **k)
 
-    monkeypatch.setattr(train, "train_one_step", spy)
+    monkeypatch.setattr(train, "train_step", spy)
     assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 0
     assert len(seen) == 3 and seen[0] == 256.0

@@ -1,9 +1,10 @@
-"""scratchvit/step.py: the batch split (micro-batches, threads, MPI shares), the training step, loss scaling."""
+"""scratchvit/step.py and scratchvit/accumulate.py: the batch split (micro-batches, threads, MPI shares), the
+training step, loss scaling."""
 import numpy as np
 import pytest
 
 import scratchvit as sv
-from scratchvit import distributed, optim, step
+from scratchvit import accumulate, distributed, optim, step
 
 
 def small_model(rng, dtype="float64", classes=5):
@@ -15,8 +16,8 @@ def small_model(rng, dtype="float64", classes=5):
 
 
 def test_shares_cover_the_rows_in_order():
-    assert step.shares(7, 3) == [(0, 2), (2, 4), (4, 7)]
-    assert step.shares(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert accumulate.shares(7, 3) == [(0, 2), (2, 4), (4, 7)]
+    assert accumulate.shares(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
 
 
 @pytest.mark.parametrize("batch,accum", [(8, 4), (7, 2), (7, 3), (5, 5)])
@@ -26,7 +27,7 @@ def test_micro_batches_equal_one_big_batch(rng, batch, accum):
     model = small_model(rng)
     images, labels = rng.uniform(-1, 1, (batch, 16, 16, 3)), rng.integers(0, 5, batch)
     loss, big = model.loss_and_grads(images, labels)
-    loss_acc, acc = step.loss_and_grads(model, images, labels, accum_steps=accum)
+    loss_acc, acc = accumulate.loss_and_grads(model, images, labels, accum_steps=accum)
     assert float(loss_acc) == pytest.approx(loss, rel=1e-12)
     for k in big:
         np.testing.assert_allclose(acc[k], big[k], rtol=1e-9, atol=1e-15)
@@ -34,7 +35,7 @@ def test_micro_batches_equal_one_big_batch(rng, batch, accum):
 
 def test_needs_an_image_per_micro_batch(rng):
     with pytest.raises(ValueError, match="a batch of 3 images cannot make 4 micro-batches"):
-        step.loss_and_grads(small_model(rng), rng.uniform(-1, 1, (3, 16, 16, 3)), np.zeros(3, int), accum_steps=4)
+        accumulate.loss_and_grads(small_model(rng), rng.uniform(-1, 1, (3, 16, 16, 3)), np.zeros(3, int), accum_steps=4)
 
 
 class FakeRank:
@@ -47,9 +48,6 @@ class FakeRank:
 
     def split_range(self, n):
         return self.rank * n // self.size, (self.rank + 1) * n // self.size
-
-    def stall_hook(self, step):
-        pass
 
     def allreduce_mean(self, buf, step=None):
         self.sent = buf.copy()

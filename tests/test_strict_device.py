@@ -9,7 +9,7 @@ import pytest
 from strict_device import DEVICE, Array, to_host
 
 import scratchvit as sv
-from scratchvit import checkpoint, evaluate, optim, runs, step
+from scratchvit import accumulate, checkpoint, evaluate, optim, runs, step
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -194,7 +194,7 @@ def test_a_host_array_slipped_into_the_step_raises(rng):
     _, dev = twin_models(small_config())
     images = dev._images(rng.uniform(-1, 1, (2, 16, 16, 3)))
     with pytest.raises((TypeError, ValueError)):
-        step.loss_and_grads(dev, images, np.array([0, 1]))
+        accumulate.loss_and_grads(dev, images, np.array([0, 1]))
     opt = optim.make_optimizer("sgd")
     state = opt.init(dev.flat)
     grads = np.zeros(tuple(dev.flat.shape))

@@ -6,8 +6,7 @@ import pytest
 from test_train import fmnist_dir, interrupt_on_call, metrics  # noqa: F401  (fmnist_dir: the fixture of a small Fashion-MNIST)
 
 import scratchvit as sv
-from scratchvit import evaluate, settings, train
-from scratchvit import step as sv_step
+from scratchvit import accumulate, evaluate, settings, train
 
 FAST = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers",
         "1", "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "16", "--augment", "none", "--eval-batch-size",
@@ -36,7 +35,7 @@ def test_a_time_limited_run_records_its_count_resumes_with_it_and_reruns_exactly
     """The calibration steps are the run's own warmup steps, so --steps N (N the count it chose) is the same run,
     and a run stopped after the count was set resumes with that count."""
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 16)  # after the 12 calibration steps
+        interrupt_on_call(m, accumulate, "flat_loss_and_grads", 16)  # after the 12 calibration steps
         assert run(fmnist_dir, tmp_path / "limited", "--time-limit", "0.05") == 130
     out = capsys.readouterr().out
     assert "x the steps that fit in --time-limit 0.05 min (counted after the first 12 steps)" in out
@@ -57,7 +56,7 @@ def test_a_time_limited_run_records_its_count_resumes_with_it_and_reruns_exactly
 
 def test_a_run_stopped_in_its_calibration_calibrates_again(fmnist_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 5)
+        interrupt_on_call(m, accumulate, "flat_loss_and_grads", 5)
         assert run(fmnist_dir, tmp_path / "r", "--time-limit", "0.03") == 130
     assert json.loads((tmp_path / "r" / "config.json").read_text())["total_steps"] is None
     assert train.main(["--out", str(tmp_path / "r"), "--resume", "--no-progress"]) == 0

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import scratchvit as sv
-from scratchvit import evaluate, optim, settings, train
-from scratchvit import step as sv_step
+from scratchvit import accumulate, evaluate, optim, settings, train
 from scratchvit.data.idx import IDX_FILES
 
 TINY = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
@@ -65,7 +64,7 @@ def assert_resume_is_bit_exact(args, tmp_path, monkeypatch, stop_at: int):
     tmp_path/stopped with Ctrl-C at the ``stop_at``-th step, then --resume: last.npz equal bit for bit."""
     assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "flat_loss_and_grads", stop_at)
+        interrupt_on_call(m, accumulate, "flat_loss_and_grads", stop_at)
         assert train.main([*args, "--out", str(tmp_path / "stopped")]) == 130
     assert train.main(["--out", str(tmp_path / "stopped"), "--resume", "--no-progress"]) == 0
     with np.load(tmp_path / "straight" / "last.npz") as a, np.load(tmp_path / "stopped" / "last.npz") as b:
@@ -103,7 +102,7 @@ def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
 
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 7)
+        interrupt_on_call(m, accumulate, "flat_loss_and_grads", 7)
         assert run(fmnist_dir, tmp_path / "stopped", *args) == 130
     with np.load(tmp_path / "stopped" / "state.npz") as st:
         assert int(st["step"]) == 6
@@ -436,7 +435,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     args = ("--optimizer", "sgd", "--lr", "0.05", "--steps", "8")
     assert run(fmnist_dir, tmp_path / "straight", *args) == 0
     with monkeypatch.context() as m:
-        interrupt_on_call(m, sv_step, "flat_loss_and_grads", 6)
+        interrupt_on_call(m, accumulate, "flat_loss_and_grads", 6)
         assert run(fmnist_dir, out, *args) == 130  # state saved at step 5
     with np.load(out / "last.npz") as z:  # last.npz of some other step
         sv.save_checkpoint(out / "last.npz", {k: z[k] + 1 for k in z.files})
@@ -453,7 +452,7 @@ def test_resume_point_is_one_file(fmnist_dir, tmp_path, monkeypatch):
     assert train.main(["--out", str(out), "--resume", "--no-progress"]) == 2
 
     with monkeypatch.context() as m:  # a fresh run in the same folder, stopped before it saved anything
-        m.setattr(sv_step, "flat_loss_and_grads", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(accumulate, "flat_loss_and_grads", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         m.setattr(train.runs, "save_state", lambda *a, **k: None)
         assert run(fmnist_dir, out, *args) == 130
     assert not (out / "state.npz").exists()  # the old run's resume point is gone, not resumed by mistake

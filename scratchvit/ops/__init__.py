@@ -7,6 +7,7 @@ which runs on CuPy, any array-API namespace and float16; and a NumPy fast form, 
 functions take for float32/float64 NumPy arrays (dropout and drop path have the plain form only: see
 their files). A forward's cache is for the backward of the same form.
 """
+from ..rng import RngKey, keep_mask
 from .attention import (
     attention_backward,
     attention_backward_plain,
@@ -27,7 +28,7 @@ from .cross_entropy import (
 )
 from .dense import dense_backward, dense_backward_plain, dense_forward, dense_forward_plain
 from .drop_path import drop_path_backward, drop_path_backward_plain, drop_path_forward, drop_path_forward_plain
-from .dropout import RngKey, dropout_backward, dropout_backward_plain, dropout_forward, dropout_forward_plain, keep_mask
+from .dropout import dropout_backward, dropout_backward_plain, dropout_forward, dropout_forward_plain
 from .gelu import gelu_backward, gelu_backward_plain, gelu_forward, gelu_forward_plain
 from .group_norm import group_norm_backward, group_norm_backward_plain, group_norm_forward, group_norm_forward_plain
 from .layer_norm import layer_norm_backward, layer_norm_backward_plain, layer_norm_forward, layer_norm_forward_plain

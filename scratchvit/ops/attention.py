@@ -30,14 +30,33 @@ import math
 import numpy as np
 
 from .. import cpu
-from ..backend import namespace
+from ..backend import device_of, namespace
 from ..cpu import blockwise, single_threaded_blas
 from ..params import ATTN_PROJ
+from ..rng import RngKey, check_rate, keep_mask
 from .dense import fast_form, matmul, sum_rows, sum_rows_plain, wide_dtype
 
 # exp(x) is finite and normal in float32 for |x| <= 64 (e^64 ~ 6.2e27, e^-64 ~ 1.6e-28): a row of entries in
 # [-64, 64] sums, without the max subtracted, to between e^-64 and N e^64, far inside float32's range for any N.
 EXP_SAFE = 64.0
+
+
+def softmax_forward_plain(s):
+    """Plain form (array API): softmax over the last axis, p = exp(s - max s) / sum exp(s - max s), a new
+    array of ``s``'s dtype; computed in float32 for float16 ``s``."""
+    xp = namespace(s)
+    w = xp.astype(s, wide_dtype(xp, s.dtype), copy=False)
+    e = xp.exp(w - xp.max(w, axis=-1, keepdims=True))
+    return xp.astype(e / xp.sum(e, axis=-1, keepdims=True), s.dtype, copy=False)
+
+
+def softmax_backward_plain(dp, p):
+    """Plain form (array API): ds = p * (dp - sum(dp * p)) over the last axis, a new array of ``dp``'s dtype;
+    computed in float32 for float16."""
+    xp = namespace(dp, p)
+    wide = wide_dtype(xp, dp.dtype)
+    dw, pw = xp.astype(dp, wide, copy=False), xp.astype(p, wide, copy=False)
+    return xp.astype(pw * (dw - xp.sum(dw * pw, axis=-1, keepdims=True)), dp.dtype, copy=False)
 
 
 def _softmax_rows(s):
@@ -64,24 +83,6 @@ def _softmax_backward_rows(dp, p):
     xp = np
     dp -= xp.einsum("...j,...j->...", dp, p)[..., None]
     dp *= p
-
-
-def softmax_forward_plain(s):
-    """Plain form (array API): softmax over the last axis, p = exp(s - max s) / sum exp(s - max s), a new
-    array of ``s``'s dtype; computed in float32 for float16 ``s``."""
-    xp = namespace(s)
-    w = xp.astype(s, wide_dtype(xp, s.dtype), copy=False)
-    e = xp.exp(w - xp.max(w, axis=-1, keepdims=True))
-    return xp.astype(e / xp.sum(e, axis=-1, keepdims=True), s.dtype, copy=False)
-
-
-def softmax_backward_plain(dp, p):
-    """Plain form (array API): ds = p * (dp - sum(dp * p)) over the last axis, a new array of ``dp``'s dtype;
-    computed in float32 for float16."""
-    xp = namespace(dp, p)
-    wide = wide_dtype(xp, dp.dtype)
-    dw, pw = xp.astype(dp, wide, copy=False), xp.astype(p, wide, copy=False)
-    return xp.astype(pw * (dw - xp.sum(dw * pw, axis=-1, keepdims=True)), dp.dtype, copy=False)
 
 
 def softmax_forward(s):
@@ -117,6 +118,80 @@ def softmax_backward(dp, p):
         blockwise(_softmax_backward_rows, dp.reshape(-1, dp.shape[-1]), p.reshape(-1, p.shape[-1]))
         return dp
     return softmax_backward_plain(dp, p)
+
+
+def _dropout_multiplier(x, heads: int, rate: float, key: RngKey | None, site_id: int):
+    """The attention-dropout multiplier M of ``x`` (B, N, D)'s weights: (B, heads, N, N), x's dtype, namespace
+    and device, 0 where dropped and 1 / (1 - rate) where kept, drawn from (``key``, ``site_id``) by
+    :func:`scratchvit.rng.keep_mask` as every mask of the model; None when nothing drops (rate 0, no key)."""
+    rate = check_rate(rate)
+    if rate == 0.0 or key is None:
+        return None
+    B, N = x.shape[0], x.shape[1]
+    return keep_mask(namespace(x), key, site_id, (B, heads, N, N), rate, x.dtype, device_of(x))
+
+
+def attention_forward_plain(x, p, rate: float = 0.0, key: RngKey | None = None, site_id: int = 0):
+    """Plain form (array API) of :func:`attention_forward`; its cache is a dict, read by
+    :func:`attention_backward_plain` and :func:`attention_weights`.
+
+        q = (x Wq + bq) / sqrt(hd),  k = x Wk + bk,  v = x Wv + bv      (B, H, N, hd) each
+        A = softmax(q k^T)  (float32 for float16 inputs),  ctx = (A * keep) v,  y = concat_heads(ctx) Wout + bout
+    """
+    xp = namespace(x, *p.values())
+    B, N, D = x.shape
+    _, H, hd = p["query/kernel"].shape
+    scale = 1.0 / math.sqrt(hd)
+    keep = _dropout_multiplier(x, H, rate, key, site_id)
+    x2d = xp.reshape(x, (B * N, D))
+
+    def project(name):  # x W + b, as (B, H, N, hd)
+        h = matmul(x2d, xp.reshape(p[f"{name}/kernel"], (D, H * hd))) + xp.reshape(p[f"{name}/bias"], (H * hd,))
+        return xp.permute_dims(xp.reshape(h, (B, N, H, hd)), (0, 2, 1, 3))
+
+    q, k, v = project("query") * scale, project("key"), project("value")
+    a = softmax_forward_plain(matmul(q, k.mT))  # (B, H, N, N)
+    weights = a if keep is None else a * keep  # attention dropout on the probabilities
+    ctx2d = xp.reshape(xp.permute_dims(matmul(weights, v), (0, 2, 1, 3)), (B * N, H * hd))  # heads side by side
+    y = matmul(ctx2d, xp.reshape(p["out/kernel"], (H * hd, D))) + p["out/bias"]
+    cache = {"x2d": x2d, "p": p, "q": q, "k": k, "v": v, "a": a, "ctx2d": ctx2d, "scale": scale, "keep": keep}
+    return xp.reshape(y, (B, N, D)), cache
+
+
+def attention_backward_plain(dy, cache):
+    """Plain form (array API) of :func:`attention_backward`, for a cache of :func:`attention_forward_plain`:
+
+        dWout = ctx^T dy,  dbout = sum_rows dy,  dctx = dy Wout^T
+        dA = (dctx v^T) * keep,  dS = A * (dA - rowsum(dA * A))  (float32 for float16),  dv = (A * keep)^T dctx
+        dq = dS k / sqrt(hd),  dk = dS^T q   (q scaled),  dW = x^T dproj,  db = sum_rows dproj,  dx = sum dproj W^T
+    """
+    x2d, p, q, k, v, a, ctx2d, scale = (cache[n] for n in ("x2d", "p", "q", "k", "v", "a", "ctx2d", "scale"))
+    xp = namespace(dy, x2d)
+    B, H, N, hd = q.shape
+    D = x2d.shape[1]
+    dy2d = xp.reshape(dy, (B * N, D))
+    w_out = xp.reshape(p["out/kernel"], (H * hd, D))
+    grads = {
+        "out/kernel": xp.reshape(matmul(ctx2d.mT, dy2d), (H, hd, D)),
+        "out/bias": sum_rows_plain(dy2d, p["out/bias"].dtype),
+    }
+    dctx = xp.permute_dims(xp.reshape(matmul(dy2d, w_out.mT), (B, N, H, hd)), (0, 2, 1, 3))
+    keep = cache["keep"]
+    da = matmul(dctx, v.mT)
+    weights = a
+    if keep is not None:  # attention dropout: through the multiplier
+        da, weights = da * keep, a * keep
+    ds = softmax_backward_plain(da, a)  # (B, H, N, N)
+    dproj = {"query": matmul(ds, k) * scale, "key": matmul(ds.mT, q), "value": matmul(weights.mT, dctx)}
+    dx = None
+    for name, d in dproj.items():
+        d2d = xp.reshape(xp.permute_dims(d, (0, 2, 1, 3)), (B * N, H * hd))
+        kernel = p[f"{name}/kernel"]
+        grads[f"{name}/kernel"] = xp.reshape(matmul(x2d.mT, d2d), (D, H, hd))
+        grads[f"{name}/bias"] = xp.reshape(sum_rows_plain(d2d, p[f"{name}/bias"].dtype), (H, hd))
+        dx_n = matmul(d2d, xp.reshape(kernel, (D, H * hd)).mT)
+        dx = dx_n if dx is None else dx + dx_n
+    return xp.reshape(dx, (B, N, D)), grads
 
 
 def _row_chunks(n_rows, n_cols, inner, whole=False):
@@ -183,95 +258,7 @@ def _core_backward(qkv, a, dctx, dqkv, whole, keep=None):
         xp.matmul(weights_t, dctx, out=dv[:, :, c])
 
 
-def attention_forward_plain(x, p, keep=None):
-    """Plain form (array API) of :func:`attention_forward`; its cache is a dict, read by
-    :func:`attention_backward_plain` and :func:`attention_weights`.
-
-        q = (x Wq + bq) / sqrt(hd),  k = x Wk + bk,  v = x Wv + bv      (B, H, N, hd) each
-        A = softmax(q k^T)  (float32 for float16 inputs),  ctx = (A * keep) v,  y = concat_heads(ctx) Wout + bout
-    """
-    xp = namespace(x, *p.values())
-    B, N, D = x.shape
-    _, H, hd = p["query/kernel"].shape
-    scale = 1.0 / math.sqrt(hd)
-    x2d = xp.reshape(x, (B * N, D))
-
-    def project(name):  # x W + b, as (B, H, N, hd)
-        h = matmul(x2d, xp.reshape(p[f"{name}/kernel"], (D, H * hd))) + xp.reshape(p[f"{name}/bias"], (H * hd,))
-        return xp.permute_dims(xp.reshape(h, (B, N, H, hd)), (0, 2, 1, 3))
-
-    q, k, v = project("query") * scale, project("key"), project("value")
-    a = softmax_forward_plain(matmul(q, k.mT))  # (B, H, N, N)
-    weights = a if keep is None else a * keep  # attention dropout on the probabilities
-    ctx2d = xp.reshape(xp.permute_dims(matmul(weights, v), (0, 2, 1, 3)), (B * N, H * hd))  # heads side by side
-    y = matmul(ctx2d, xp.reshape(p["out/kernel"], (H * hd, D))) + p["out/bias"]
-    cache = {"x2d": x2d, "p": p, "q": q, "k": k, "v": v, "a": a, "ctx2d": ctx2d, "scale": scale, "keep": keep}
-    return xp.reshape(y, (B, N, D)), cache
-
-
-def attention_backward_plain(dy, cache):
-    """Plain form (array API) of :func:`attention_backward`, for a cache of :func:`attention_forward_plain`:
-
-        dWout = ctx^T dy,  dbout = sum_rows dy,  dctx = dy Wout^T
-        dA = (dctx v^T) * keep,  dS = A * (dA - rowsum(dA * A))  (float32 for float16),  dv = (A * keep)^T dctx
-        dq = dS k / sqrt(hd),  dk = dS^T q   (q scaled),  dW = x^T dproj,  db = sum_rows dproj,  dx = sum dproj W^T
-    """
-    x2d, p, q, k, v, a, ctx2d, scale = (cache[n] for n in ("x2d", "p", "q", "k", "v", "a", "ctx2d", "scale"))
-    xp = namespace(dy, x2d)
-    B, H, N, hd = q.shape
-    D = x2d.shape[1]
-    dy2d = xp.reshape(dy, (B * N, D))
-    w_out = xp.reshape(p["out/kernel"], (H * hd, D))
-    grads = {
-        "out/kernel": xp.reshape(matmul(ctx2d.mT, dy2d), (H, hd, D)),
-        "out/bias": sum_rows_plain(dy2d, p["out/bias"].dtype),
-    }
-    dctx = xp.permute_dims(xp.reshape(matmul(dy2d, w_out.mT), (B, N, H, hd)), (0, 2, 1, 3))
-    keep = cache["keep"]
-    da = matmul(dctx, v.mT)
-    weights = a
-    if keep is not None:  # attention dropout: through the multiplier
-        da, weights = da * keep, a * keep
-    ds = softmax_backward_plain(da, a)  # (B, H, N, N)
-    dproj = {"query": matmul(ds, k) * scale, "key": matmul(ds.mT, q), "value": matmul(weights.mT, dctx)}
-    dx = None
-    for name, d in dproj.items():
-        d2d = xp.reshape(xp.permute_dims(d, (0, 2, 1, 3)), (B * N, H * hd))
-        kernel = p[f"{name}/kernel"]
-        grads[f"{name}/kernel"] = xp.reshape(matmul(x2d.mT, d2d), (D, H, hd))
-        grads[f"{name}/bias"] = xp.reshape(sum_rows_plain(d2d, p[f"{name}/bias"].dtype), (H, hd))
-        dx_n = matmul(d2d, xp.reshape(kernel, (D, H * hd)).mT)
-        dx = dx_n if dx is None else dx + dx_n
-    return xp.reshape(dx, (B, N, D)), grads
-
-
-def attention_forward(x, p, keep=None):
-    """Multi-head self-attention on ``x`` (B, N, D) (paper Eq. 2 and Appendix A; vit_jax ``Encoder1DBlock``,
-    Flax ``nn.MultiHeadDotProductAttention``).
-
-    Args:
-        x: (B, N, D) float16/float32/float64.
-        p: dict with the official sub-names "query/kernel", "query/bias", "key/...", "value/...",
-           "out/kernel", "out/bias" (shapes as in the module docstring), x's namespace, device and dtype.
-        keep: attention dropout (Flax ``nn.MultiHeadDotProductAttention(dropout_rate=...)``, which drops
-           the probabilities before they weight the values): a (B, H, N, N) multiplier of x's dtype,
-           namespace and device, 0 where dropped and 1 / (1 - rate) where kept
-           (:func:`scratchvit.ops.dropout.keep_mask`); None: no dropout. ctx = (A * keep) v; the cached
-           weights (:func:`attention_weights`) stay A.
-
-    Returns:
-        y (B, N, D), x's dtype, and the cache for :func:`attention_backward` (a tuple for the NumPy fast
-        form, a dict for the plain form).
-
-    Raises:
-        TypeError: arrays of different libraries; ValueError: (array-api-strict) arrays on different devices.
-    """
-    if fast_form(namespace(x, keep, *p.values()), x, keep, *p.values()):
-        return _attention_forward_numpy(x, p, keep)
-    return attention_forward_plain(x, p, keep)
-
-
-def _attention_forward_numpy(x, p, keep=None):
+def _attention_forward_numpy(x, p, keep):
     xp = np
     B, N, D = x.shape
     _, H, hd = p["query/kernel"].shape
@@ -300,32 +287,6 @@ def _attention_forward_numpy(x, p, keep=None):
     return y.reshape(B, N, D), cache
 
 
-def attention_weights(cache):
-    """The attention probabilities A = softmax(q k^T / sqrt(head_dim)) that :func:`attention_forward`
-    computed, read from its cache: (B, heads, N, N), each row (last axis) sums to 1. For attention
-    maps (:mod:`scratchvit.rollout`); the array is the cache's own, not a copy. Either form's cache;
-    the forward input's dtype and namespace.
-    """
-    return cache["a"] if isinstance(cache, dict) else cache[3]
-
-
-def attention_backward(dy, cache):
-    """Gradients of :func:`attention_forward` (the form its forward took, told by the cache).
-
-    Args:
-        dy: (B, N, D), the forward input's dtype, namespace and device.
-
-    Returns:
-        dx (B, N, D) and a dict of parameter gradients with the same sub-names, shapes and dtypes as ``p``.
-
-    Raises:
-        TypeError / ValueError: ``dy`` of another library / device than the cache.
-    """
-    if isinstance(cache, dict):
-        return attention_backward_plain(dy, cache)
-    return _attention_backward_numpy(dy, cache)
-
-
 def _attention_backward_numpy(dy, cache):
     xp = np
     x2d, w_qkv, qkv, a, ctx2d, w_out, (B, N, D, H, hd), scale, keep = cache
@@ -352,3 +313,56 @@ def _attention_backward_numpy(dy, cache):
         grads[f"{n}/bias"] = db[i * D:(i + 1) * D].reshape(H, hd)
     dx = (dqkv2d @ w_qkv.T).reshape(B, N, D)  # w_qkv holds the scaled query kernel, as the forward used
     return dx, grads
+
+
+def attention_forward(x, p, rate: float = 0.0, key: RngKey | None = None, site_id: int = 0):
+    """Multi-head self-attention on ``x`` (B, N, D) (paper Eq. 2 and Appendix A; vit_jax ``Encoder1DBlock``,
+    Flax ``nn.MultiHeadDotProductAttention``).
+
+    Args:
+        x: (B, N, D) float16/float32/float64.
+        p: dict with the official sub-names "query/kernel", "query/bias", "key/...", "value/...",
+           "out/kernel", "out/bias" (shapes as in the module docstring), x's namespace, device and dtype.
+        rate, key, site_id: attention dropout (Flax ``nn.MultiHeadDotProductAttention(dropout_rate=...)``,
+           which drops the probabilities before they weight the values): each weight dropped with probability
+           ``rate`` in [0, 1), the mask M (B, H, N, N) drawn from the :class:`~scratchvit.rng.RngKey` ``key`` and
+           the site ``site_id`` (:func:`scratchvit.rng.site`) as the dropout masks are; ``rate`` 0 or ``key``
+           None: no dropout. ctx = (A * M) v; the cached weights (:func:`attention_weights`) stay A.
+
+    Returns:
+        y (B, N, D), x's dtype, and the cache for :func:`attention_backward` (a tuple for the NumPy fast
+        form, a dict for the plain form).
+
+    Raises:
+        TypeError: arrays of different libraries; ValueError: (array-api-strict) arrays on different devices,
+        or ``rate`` outside [0, 1).
+    """
+    if fast_form(namespace(x, *p.values()), x, *p.values()):
+        return _attention_forward_numpy(x, p, _dropout_multiplier(x, p["query/kernel"].shape[1], rate, key, site_id))
+    return attention_forward_plain(x, p, rate, key, site_id)
+
+
+def attention_backward(dy, cache):
+    """Gradients of :func:`attention_forward` (the form its forward took, told by the cache).
+
+    Args:
+        dy: (B, N, D), the forward input's dtype, namespace and device.
+
+    Returns:
+        dx (B, N, D) and a dict of parameter gradients with the same sub-names, shapes and dtypes as ``p``.
+
+    Raises:
+        TypeError / ValueError: ``dy`` of another library / device than the cache.
+    """
+    if isinstance(cache, dict):
+        return attention_backward_plain(dy, cache)
+    return _attention_backward_numpy(dy, cache)
+
+
+def attention_weights(cache):
+    """The attention probabilities A = softmax(q k^T / sqrt(head_dim)) that :func:`attention_forward`
+    computed, read from its cache: (B, heads, N, N), each row (last axis) sums to 1. For attention
+    maps (:mod:`scratchvit.rollout`); the array is the cache's own, not a copy. Either form's cache;
+    the forward input's dtype and namespace.
+    """
+    return cache["a"] if isinstance(cache, dict) else cache[3]

@@ -8,7 +8,7 @@ as timm's ``drop_path`` (``timm/layers/drop.py``). The model gives block i of L 
 ``drop_path_rate * i / (L - 1)`` (timm / DeiT: ``linspace(0, drop_path_rate, L)``), Huang et al.'s linear
 decay rule (Sec. 3, rate rising linearly with depth) indexed so that the first block is never dropped
 (:meth:`scratchvit.configs.ViTConfig.drop_path_rate_of`). The draws come from the
-counter-based generator of :mod:`scratchvit.ops.dropout` (one column per row), so a part of a batch
+counter-based generator of :mod:`scratchvit.rng` (one column per row), so a part of a batch
 draws for its rows what the whole batch draws, on every namespace.
 
 One form: the plain array-API one, NumPy included (the op is one multiply by a (rows, 1, ...) array;
@@ -17,12 +17,12 @@ a NumPy-only form would gain nothing).
 from __future__ import annotations
 
 from ..backend import device_of, namespace
-from .dropout import RngKey, _check_rate, keep_mask
+from ..rng import RngKey, check_rate, keep_mask
 
 
 def drop_path_forward_plain(x, rate: float, key: RngKey | None, site_id: int):
     """Plain form (array API) of :func:`drop_path_forward`, the only form (see the module docstring)."""
-    rate = _check_rate(rate)
+    rate = check_rate(rate)
     if rate == 0.0 or key is None:
         return x, None
     xp = namespace(x)
@@ -44,8 +44,8 @@ def drop_path_forward(x, rate: float, key: RngKey | None, site_id: int):
     Args:
         x: (rows, ...) float16/float32/float64, any namespace and device.
         rate: drop probability in [0, 1); 0 (or ``key`` None, evaluation) returns ``x`` itself.
-        key: the part's :class:`~scratchvit.ops.dropout.RngKey`, or None.
-        site_id: the draw's site (:func:`scratchvit.ops.dropout.site`).
+        key: the part's :class:`~scratchvit.rng.RngKey`, or None.
+        site_id: the draw's site (:func:`scratchvit.rng.site`).
 
     Returns:
         y (x's shape and dtype; ``x`` itself when nothing is dropped) and the cache of

@@ -20,7 +20,7 @@ tokens only (w_bi = 1 on them, 0 elsewhere; W = sum w):
     loss = (1 / W) sum_bi w_bi [logsumexp(z_bi) - z_bi,t_bi]          dz_bi = (w_bi / W) (softmax(z_bi) - onehot(t_bi))
 
 Which tokens are corrupted and how is drawn by the counter-based generator of the dropout masks
-(:func:`scratchvit.ops.dropout.uniform`, keyed by seed, step and the image's global row), so a part of a
+(:func:`scratchvit.rng.uniform`, keyed by seed, step and the image's global row), so a part of a
 batch (an MPI rank, a micro-batch, a thread's shard) draws for its images what the whole batch draws, and a
 resumed run redraws its step's corruption. The paper does not say whether exactly or about half the
 patches are corrupted; here exactly k per image (the k smallest of N uniform draws), so the loss of every
@@ -34,8 +34,8 @@ from __future__ import annotations
 import dataclasses
 
 from ..backend import device_of, namespace
+from ..rng import RngKey, uniform
 from .dense import wide_dtype
-from .dropout import RngKey, uniform
 
 COLOUR_BITS = 3  # bits per channel of the mean-colour target (the paper's 3-bit colours: 512 classes for RGB)
 CORRUPTION_SITE = 0x7FFF0000  # the site id of the corruption's draws (dropout's sites count up from 0)
@@ -100,7 +100,7 @@ def corruption_plan(xp, key: RngKey, site_id: int, batch: int, tokens: int, dtyp
                     mask_ratio: float = 0.5, mask_fraction: float = 0.8, random_fraction: float = 0.1
                     ) -> CorruptionPlan:
     """Draw the corruption of a batch (paper App. B.1.2: 50% of the patches; of those 80% [mask], 10% random,
-    10% unchanged) from three uniform draws per token of :func:`scratchvit.ops.dropout.uniform`, rows the
+    10% unchanged) from three uniform draws per token of :func:`scratchvit.rng.uniform`, rows the
     images' global rows ``key.row + b``: the round(mask_ratio N) tokens with the smallest first draw are
     corrupted; the second picks the action (< mask_fraction: [mask]; < mask_fraction + random_fraction: a
     random other patch; else unchanged); the third the source patch.
