@@ -45,7 +45,8 @@ def train(precision, images, labels, steps, batch, device="cpu"):
 def test_float16_matrix_products_accumulate_in_float32(rng):
     """The plain forms' matrix product on float16 NumPy arrays: float16 inputs, products summed in float32 and
     rounded to float16 once (a GPU's float16 GEMM), through BLAS; float32 inputs are NumPy's own product."""
-    from scratchvit.ops.dense import dense_forward, matmul
+    from scratchvit.ops.common import matmul
+    from scratchvit.ops.dense import dense_forward
 
     a, b = rng.normal(size=(3, 5, 64)).astype(np.float16), rng.normal(size=(64, 7)).astype(np.float16)
     c = matmul(a, b)

@@ -34,7 +34,7 @@ from ..backend import device_of, namespace
 from ..cpu import blockwise, single_threaded_blas
 from ..params import ATTN_PROJ
 from ..rng import RngKey, check_rate, keep_mask
-from .dense import fast_form, matmul, sum_rows, sum_rows_plain, wide_dtype
+from .common import fast_form, matmul, sum_rows, sum_rows_plain, wide_dtype
 
 # exp(x) is finite and normal in float32 for |x| <= 64 (e^64 ~ 6.2e27, e^-64 ~ 1.6e-28): a row of entries in
 # [-64, 64] sums, without the max subtracted, to between e^-64 and N e^64, far inside float32's range for any N.

@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import device_of, namespace
-from .dense import fast_form, sum_rows, sum_rows_plain
+from .common import fast_form, sum_rows, sum_rows_plain
 
 PADDINGS = ("SAME", "VALID")
 

@@ -27,7 +27,7 @@ import numpy as np
 from array_api_compat import is_array_api_obj
 
 from ..backend import device_of, is_numpy, namespace
-from .dense import fast_form, wide_dtype
+from .common import fast_form, wide_dtype
 
 SOFT_TOL = 1e-4  # soft-target rows must sum to 1 within this (float32 mixing)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..backend import is_cupy, is_numpy, namespace
 from ..cpu import blockwise
-from .dense import fast_form, wide_dtype
+from .common import fast_form, wide_dtype
 
 GELU_FORMS = ("tanh", "erf")  # the forms every module offers (configs, settings, the CLIs)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -92,6 +92,42 @@ def erf(x):
     return scipy_erf(x).astype(x.dtype, copy=False)
 
 
+def _check(approximate):
+    if approximate not in GELU_FORMS:
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'erf', got {approximate!r}")
+
+
+def gelu_forward_plain(x, approximate="tanh"):
+    """Plain form (array API) of :func:`gelu_forward`: the module docstring's equations as written,
+    in float32 for float16 ``x``."""
+    _check(approximate)
+    xp = namespace(x)
+    w = xp.astype(x, wide_dtype(xp, x.dtype), copy=False)
+    if approximate == "tanh":
+        y = 0.5 * w * (1.0 + xp.tanh(SQRT_2_OVER_PI * (w + GELU_TANH_COEF * w * w * w)))
+    else:
+        y = 0.5 * w * (1.0 + erf(w * INV_SQRT_2))
+    return xp.astype(y, x.dtype, copy=False), (x, approximate)
+
+
+def gelu_backward_plain(dy, cache):
+    """Plain form (array API) of :func:`gelu_backward`: dx = dy * gelu'(x), in float32 for float16."""
+    x, approximate = cache
+    xp = namespace(dy, x)
+    wide = wide_dtype(xp, x.dtype)
+    w = xp.astype(x, wide, copy=False)
+    if approximate == "tanh":
+        t = xp.tanh(SQRT_2_OVER_PI * (w + GELU_TANH_COEF * w * w * w))
+        d = 0.5 * (1.0 + t) + 0.5 * w * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * w * w)
+    else:
+        d = 0.5 * (1.0 + erf(w * INV_SQRT_2)) + w * INV_SQRT_2PI * xp.exp(-0.5 * w * w)  # Phi(x) + x phi(x)
+    return xp.astype(xp.astype(dy, wide, copy=False) * d, x.dtype, copy=False)
+
+
+def _rows(a):
+    return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+
+
 def _tanh_forward_rows(x, y):
     """y = x * sigmoid(2 z), z = c (x + a x^3): the tanh form, as 0.5 (1 + tanh z) = 1 / (1 + exp(-2 z))."""
     xp = np
@@ -147,40 +183,17 @@ def _erf_backward_rows(x, dy, dx):
     dx *= dy
 
 
-def _rows(a):
-    return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+def _gelu_forward_numpy(x, approximate):
+    y = np.empty_like(x)
+    blockwise(_tanh_forward_rows if approximate == "tanh" else _erf_forward_rows, _rows(x), _rows(y))
+    return y, (x, approximate)
 
 
-def _check(approximate):
-    if approximate not in GELU_FORMS:
-        raise ValueError(f"gelu: approximate must be 'tanh' or 'erf', got {approximate!r}")
-
-
-def gelu_forward_plain(x, approximate="tanh"):
-    """Plain form (array API) of :func:`gelu_forward`: the module docstring's equations as written,
-    in float32 for float16 ``x``."""
-    _check(approximate)
-    xp = namespace(x)
-    w = xp.astype(x, wide_dtype(xp, x.dtype), copy=False)
-    if approximate == "tanh":
-        y = 0.5 * w * (1.0 + xp.tanh(SQRT_2_OVER_PI * (w + GELU_TANH_COEF * w * w * w)))
-    else:
-        y = 0.5 * w * (1.0 + erf(w * INV_SQRT_2))
-    return xp.astype(y, x.dtype, copy=False), (x, approximate)
-
-
-def gelu_backward_plain(dy, cache):
-    """Plain form (array API) of :func:`gelu_backward`: dx = dy * gelu'(x), in float32 for float16."""
+def _gelu_backward_numpy(dy, cache):
     x, approximate = cache
-    xp = namespace(dy, x)
-    wide = wide_dtype(xp, x.dtype)
-    w = xp.astype(x, wide, copy=False)
-    if approximate == "tanh":
-        t = xp.tanh(SQRT_2_OVER_PI * (w + GELU_TANH_COEF * w * w * w))
-        d = 0.5 * (1.0 + t) + 0.5 * w * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_COEF * w * w)
-    else:
-        d = 0.5 * (1.0 + erf(w * INV_SQRT_2)) + w * INV_SQRT_2PI * xp.exp(-0.5 * w * w)  # Phi(x) + x phi(x)
-    return xp.astype(xp.astype(dy, wide, copy=False) * d, x.dtype, copy=False)
+    dx = np.empty_like(x)
+    blockwise(_tanh_backward_rows if approximate == "tanh" else _erf_backward_rows, _rows(x), _rows(dy), _rows(dx))
+    return dx
 
 
 def gelu_forward(x, approximate="tanh"):
@@ -212,16 +225,3 @@ def gelu_backward(dy, cache):
     if fast_form(namespace(dy, x), dy, x):
         return _gelu_backward_numpy(dy, cache)
     return gelu_backward_plain(dy, cache)
-
-
-def _gelu_forward_numpy(x, approximate):
-    y = np.empty_like(x)
-    blockwise(_tanh_forward_rows if approximate == "tanh" else _erf_forward_rows, _rows(x), _rows(y))
-    return y, (x, approximate)
-
-
-def _gelu_backward_numpy(dy, cache):
-    x, approximate = cache
-    dx = np.empty_like(x)
-    blockwise(_tanh_backward_rows if approximate == "tanh" else _erf_backward_rows, _rows(x), _rows(dy), _rows(dx))
-    return dx

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import namespace
-from .dense import fast_form, wide_dtype
+from .common import fast_form, wide_dtype
 
 EPS = 1e-6
 GROUPS = 32

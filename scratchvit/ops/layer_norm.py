@@ -24,23 +24,9 @@ import numpy as np
 
 from ..backend import namespace
 from ..cpu import blockwise
-from .dense import fast_form, sum_rows, wide_dtype
+from .common import fast_form, sum_rows, wide_dtype
 
 EPS = 1e-6
-
-
-def _forward_rows(x, x_hat, y, rstd, scale, bias, eps):
-    xp = np
-    inv_d = xp.full(x.shape[-1], 1.0 / x.shape[-1], dtype=x.dtype)
-    xp.subtract(x, (x @ inv_d)[:, None], out=x_hat)  # x - mean
-    var = xp.einsum("ij,ij->i", x_hat, x_hat)[:, None]
-    var *= inv_d[0]
-    var += eps
-    xp.sqrt(var, out=var)
-    xp.divide(1.0, var, out=rstd)
-    x_hat *= rstd
-    xp.multiply(x_hat, scale, out=y)
-    y += bias
 
 
 def layer_norm_forward_plain(x, scale, bias, eps=EPS):
@@ -69,23 +55,18 @@ def layer_norm_backward_plain(dy, cache):
     return xp.reshape(xp.astype(dx, dy.dtype, copy=False), shape), dscale, dbias
 
 
-def layer_norm_forward(x, scale, bias, eps=EPS):
-    """Normalise each row of ``x`` (..., D) to zero mean and unit variance, then scale and shift (Ba et
-    al. 2016; vit_jax ``Encoder1DBlock``/``Encoder`` ``nn.LayerNorm``, paper Eq. 2-4).
-
-    Args:
-        x: (..., D) float16/float32/float64. scale, bias: (D,), same namespace and device.
-
-    Returns:
-        y (..., D), x's dtype, and the cache for the backward: (x_hat (rows, D), rstd (rows, 1), scale,
-        shape), x_hat and rstd in float32 for a float16 ``x``.
-
-    Raises:
-        TypeError: arrays of different libraries; ValueError: (array-api-strict) arrays on different devices.
-    """
-    if fast_form(namespace(x, scale, bias), x, scale, bias):
-        return _layer_norm_forward_numpy(x, scale, bias, eps)
-    return layer_norm_forward_plain(x, scale, bias, eps)
+def _forward_rows(x, x_hat, y, rstd, scale, bias, eps):
+    xp = np
+    inv_d = xp.full(x.shape[-1], 1.0 / x.shape[-1], dtype=x.dtype)
+    xp.subtract(x, (x @ inv_d)[:, None], out=x_hat)  # x - mean
+    var = xp.einsum("ij,ij->i", x_hat, x_hat)[:, None]
+    var *= inv_d[0]
+    var += eps
+    xp.sqrt(var, out=var)
+    xp.divide(1.0, var, out=rstd)
+    x_hat *= rstd
+    xp.multiply(x_hat, scale, out=y)
+    y += bias
 
 
 def _layer_norm_forward_numpy(x, scale, bias, eps=EPS):
@@ -112,6 +93,39 @@ def _backward_rows(dy, x_hat, rstd, dx, scale):
     return dscale, dbias
 
 
+def _layer_norm_backward_numpy(dy, cache):
+    x_hat, rstd, scale, shape = cache
+    xp = np
+    dy2d = dy.reshape(x_hat.shape)
+    dx = xp.empty_like(dy2d)
+    partial = blockwise(lambda *b: _backward_rows(*b, scale), dy2d, x_hat, rstd, dx)
+    dscale = partial[0][0].copy()
+    dbias = partial[0][1].copy()
+    for ds, db in partial[1:]:
+        dscale += ds
+        dbias += db
+    return dx.reshape(shape), dscale, dbias
+
+
+def layer_norm_forward(x, scale, bias, eps=EPS):
+    """Normalise each row of ``x`` (..., D) to zero mean and unit variance, then scale and shift (Ba et
+    al. 2016; vit_jax ``Encoder1DBlock``/``Encoder`` ``nn.LayerNorm``, paper Eq. 2-4).
+
+    Args:
+        x: (..., D) float16/float32/float64. scale, bias: (D,), same namespace and device.
+
+    Returns:
+        y (..., D), x's dtype, and the cache for the backward: (x_hat (rows, D), rstd (rows, 1), scale,
+        shape), x_hat and rstd in float32 for a float16 ``x``.
+
+    Raises:
+        TypeError: arrays of different libraries; ValueError: (array-api-strict) arrays on different devices.
+    """
+    if fast_form(namespace(x, scale, bias), x, scale, bias):
+        return _layer_norm_forward_numpy(x, scale, bias, eps)
+    return layer_norm_forward_plain(x, scale, bias, eps)
+
+
 def layer_norm_backward(dy, cache):
     """Gradients of :func:`layer_norm_forward` (closed form in the module docstring).
 
@@ -125,17 +139,3 @@ def layer_norm_backward(dy, cache):
     if fast_form(namespace(dy, x_hat, scale), dy, x_hat, scale):
         return _layer_norm_backward_numpy(dy, cache)
     return layer_norm_backward_plain(dy, cache)
-
-
-def _layer_norm_backward_numpy(dy, cache):
-    x_hat, rstd, scale, shape = cache
-    xp = np
-    dy2d = dy.reshape(x_hat.shape)
-    dx = xp.empty_like(dy2d)
-    partial = blockwise(lambda *b: _backward_rows(*b, scale), dy2d, x_hat, rstd, dx)
-    dscale = partial[0][0].copy()
-    dbias = partial[0][1].copy()
-    for ds, db in partial[1:]:
-        dscale += ds
-        dbias += db
-    return dx.reshape(shape), dscale, dbias

@@ -35,7 +35,7 @@ import dataclasses
 
 from ..backend import device_of, namespace
 from ..rng import RngKey, uniform
-from .dense import wide_dtype
+from .common import wide_dtype
 
 COLOUR_BITS = 3  # bits per channel of the mean-colour target (the paper's 3-bit colours: 512 classes for RGB)
 CORRUPTION_SITE = 0x7FFF0000  # the site id of the corruption's draws (dropout's sites count up from 0)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import device_of, dtype_of, namespace
+from .common import fast_form
 from .conv2d import clipped, conv_output_size
-from .dense import fast_form
 
 
 def _geometry(x, window, stride):

@@ -17,7 +17,7 @@ namespace, float16) and the NumPy fast form (NumPy methods, BLAS gemv bias sum) 
 from __future__ import annotations
 
 from ..backend import namespace
-from .dense import fast_form, matmul, sum_rows, sum_rows_plain
+from .common import fast_form, matmul, sum_rows, sum_rows_plain
 
 
 def _check(images, C, P):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import device_of, namespace
-from .dense import fast_form, wide_dtype
+from .common import fast_form, wide_dtype
 
 
 def _check(classifier):

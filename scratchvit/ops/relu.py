@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import namespace
-from .dense import fast_form
+from .common import fast_form
 
 
 def relu_forward_plain(x):
@@ -28,6 +28,15 @@ def relu_backward_plain(dy, y):
     return xp.where(y > 0, dy, xp.zeros_like(dy))
 
 
+def _relu_forward_numpy(x):
+    y = np.maximum(x, 0)
+    return y, y
+
+
+def _relu_backward_numpy(dy, y):
+    return np.multiply(dy, y > 0)
+
+
 def relu_forward(x):
     """y = max(x, 0), any shape, float16/float32/float64; the cache is y.
 
@@ -35,8 +44,7 @@ def relu_forward(x):
         TypeError: ``x`` is not an array of a known array-API library.
     """
     if fast_form(namespace(x), x):
-        y = np.maximum(x, 0)
-        return y, y
+        return _relu_forward_numpy(x)
     return relu_forward_plain(x)
 
 
@@ -47,6 +55,5 @@ def relu_backward(dy, y):
         TypeError / ValueError: ``dy`` of another library / device than ``y``.
     """
     if fast_form(namespace(dy, y), dy, y):
-        dx = np.multiply(dy, y > 0)
-        return dx
+        return _relu_backward_numpy(dy, y)
     return relu_backward_plain(dy, y)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import namespace
-from .dense import fast_form
+from .common import fast_form
 
 
 def tanh_forward_plain(x):

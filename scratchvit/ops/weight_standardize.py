@@ -16,14 +16,39 @@ mean, and mean(c) = 0):
 A constant filter (std = 0) has no defined gradient (the division by std): a trained or freshly initialised
 kernel is never constant. The kernels are small (at most 3*3*512*512 numbers), so there is one form: the
 plain array-API one, for every namespace and dtype; for float16 kernels the statistics and the backward
-run in float32 (:func:`~scratchvit.ops.dense.wide_dtype`) and the results are cast back.
+run in float32 (:func:`~scratchvit.ops.common.wide_dtype`) and the results are cast back.
 """
 from __future__ import annotations
 
 from ..backend import namespace
-from .dense import wide_dtype
+from .common import wide_dtype
 
 EPS = 1e-5
+
+
+def weight_standardize_forward_plain(w, eps: float = EPS):
+    """Plain form (array API) of :func:`weight_standardize_forward`, the only form (see the module docstring)."""
+    if w.ndim != 4:
+        raise ValueError(f"weight standardisation: kernel must be (kh, kw, C, O), got shape {tuple(w.shape)}")
+    xp = namespace(w)
+    wide = wide_dtype(xp, w.dtype)
+    w64 = xp.astype(w, wide, copy=False)
+    c = w64 - xp.mean(w64, axis=(0, 1, 2), keepdims=True)
+    std = xp.sqrt(xp.mean(c * c, axis=(0, 1, 2), keepdims=True))
+    w_hat = c / (std + eps)
+    return xp.astype(w_hat, w.dtype, copy=False), (c, std, eps, w.dtype)
+
+
+def weight_standardize_backward_plain(dw_hat, cache):
+    """Plain form (array API) of :func:`weight_standardize_backward`."""
+    c, std, eps, dtype = cache
+    xp = namespace(dw_hat, c)
+    g = xp.astype(dw_hat, c.dtype, copy=False)
+    n = c.shape[0] * c.shape[1] * c.shape[2]
+    d = std + eps
+    gc = xp.sum(g * c, axis=(0, 1, 2), keepdims=True)
+    dw = (g - xp.mean(g, axis=(0, 1, 2), keepdims=True)) / d - c * (gc / (n * std * d * d))
+    return xp.astype(dw, dtype, copy=False)
 
 
 def weight_standardize_forward(w, eps: float = EPS):
@@ -40,15 +65,7 @@ def weight_standardize_forward(w, eps: float = EPS):
     Raises:
         ValueError: ``w`` not 4-D.
     """
-    if w.ndim != 4:
-        raise ValueError(f"weight standardisation: kernel must be (kh, kw, C, O), got shape {tuple(w.shape)}")
-    xp = namespace(w)
-    wide = wide_dtype(xp, w.dtype)
-    w64 = xp.astype(w, wide, copy=False)
-    c = w64 - xp.mean(w64, axis=(0, 1, 2), keepdims=True)
-    std = xp.sqrt(xp.mean(c * c, axis=(0, 1, 2), keepdims=True))
-    w_hat = c / (std + eps)
-    return xp.astype(w_hat, w.dtype, copy=False), (c, std, eps, w.dtype)
+    return weight_standardize_forward_plain(w, eps)
 
 
 def weight_standardize_backward(dw_hat, cache):
@@ -60,16 +77,4 @@ def weight_standardize_backward(dw_hat, cache):
     Raises:
         TypeError / ValueError: ``dw_hat`` of another library / device than the cache.
     """
-    c, std, eps, dtype = cache
-    xp = namespace(dw_hat, c)
-    g = xp.astype(dw_hat, c.dtype, copy=False)
-    n = c.shape[0] * c.shape[1] * c.shape[2]
-    d = std + eps
-    gc = xp.sum(g * c, axis=(0, 1, 2), keepdims=True)
-    dw = (g - xp.mean(g, axis=(0, 1, 2), keepdims=True)) / d - c * (gc / (n * std * d * d))
-    return xp.astype(dw, dtype, copy=False)
-
-
-# One form: the plain form is the public function (the names the form tests look up).
-weight_standardize_forward_plain = weight_standardize_forward
-weight_standardize_backward_plain = weight_standardize_backward
+    return weight_standardize_backward_plain(dw_hat, cache)
