@@ -199,9 +199,9 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", category=UserWarning)  # array-api-strict's notes on the standard's version
     if args.model is None:
-        preset, _ = resolve_settings(["--config", "fashion-mnist"])
+        preset, _ = resolve_settings(["--config", "fashion-mnist-vit"])
         cases = [("ViT-B_16 (224 px, 1000 classes), batch 2", sv.get_config("ViT-B_16", num_classes=1000), 2),
-                 ("fashion-mnist preset, batch 128", model_config(preset, num_classes=10), preset.batch_size)]
+                 ("fashion-mnist-vit preset, batch 128", model_config(preset, num_classes=10), preset.batch_size)]
     else:
         fields = {k: getattr(args, k) for k in ("num_layers", "hidden_size", "mlp_dim", "num_heads", "image_size",
                                                 "patch_size", "num_classes") if getattr(args, k) is not None}

@@ -13,9 +13,9 @@ a share of the op's plain-form time (a fast form stays where it saves at least 5
 
     python bench/op_profile.py --threads 1 --compare-forms --rounds 3 --geometry p7_d128_gap_b128
 
-Runs ``ViT.forward(keep_cache=True)``, the softmax cross-entropy and ``ViT.backward`` on one random batch (the op-by-op path on
-the whole batch; ``loss_and_grads`` splits the batch over threads instead, so use one thread for
-shares that add up), with every ``scratchvit.ops.*_forward`` / ``*_backward`` wrapped by a timer.
+Runs ``ViT.forward(keep_cache=True)``, the softmax cross-entropy and ``ViT.backward`` on one random
+batch (the op-by-op path on the whole batch; ``loss_and_grads`` splits the batch over threads instead,
+so use one thread for shares that add up), with every ``scratchvit.ops.*_forward`` / ``*_backward`` wrapped by a timer.
 Prints, per geometry, milliseconds per forward + backward and each op's share of it; the rest
 (residual adds, position embedding, class token) is "outside the ops".
 """

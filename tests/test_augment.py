@@ -206,7 +206,9 @@ def test_cifar10_scratch_preset_runs_end_to_end(cifar_dir, tmp_path):
 
 
 def test_resume_is_bit_exact_with_every_regulariser_on(cifar_dir, tmp_path, monkeypatch):
-    args = ["--dataset", "cifar10", "--data-dir", str(cifar_dir), "--model", "ViT-Ti_16", "--image-size", "16",
+    args = ["--config", "fashion-mnist-vit",
+            "--dataset", "cifar10", "--data-dir", str(cifar_dir), "--model", "ViT-Ti_16",
+            "--image-size", "16",
             "--patch-size", "8", "--hidden-size", "16", "--num-layers", "2", "--num-heads", "2", "--mlp-dim", "32",
             "--batch-size", "8", "--warmup-steps", "1", "--steps", "6", "--eval-every", "3", "--no-progress",
             "--workers", "1", "--optimizer", "adamw", "--lr", "0.003", "--augment", "pad-crop-flip", "--pad", "2",

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpirun")
 needs_mpi = pytest.mark.skipif(MPIEXEC is None or importlib.util.find_spec("mpi4py") is None,
                                reason="needs mpiexec and mpi4py (pip install 'scratchvit[mpi]'; apt-get install mpich)")
-TINY = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
+TINY = ["--config", "fashion-mnist-vit",
+        "--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
         "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "16", "--warmup-steps", "1", "--augment", "flip",
         "--eval-every", "2", "--eval-batch-size", "16", "--no-progress", "--workers", "1", "--optimizer", "sgd",
         "--lr", "0.1", "--grad-clip", "5"]

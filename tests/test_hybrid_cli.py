@@ -15,7 +15,8 @@ import scratchvit as sv
 from scratchvit import accumulate, evaluate, optim, predict, settings, step, train
 
 # 16 px -> root (width 32) -> 4x4 map -> block1 (1 unit: 128 channels, a projection) -> patch 1: 16 tokens
-HYBRID = ["--model", "ViT-Ti_16", "--resnet", "1", "--resnet-width", "0.5", "--image-size", "16", "--patch-size", "1",
+HYBRID = ["--config", "fashion-mnist-vit",
+          "--model", "ViT-Ti_16", "--resnet", "1", "--resnet-width", "0.5", "--image-size", "16", "--patch-size", "1",
           "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "16",
           "--warmup-steps", "2", "--augment", "none", "--eval-every", "4", "--eval-batch-size", "64", "--no-progress",
           "--workers", "1"]
@@ -30,14 +31,15 @@ def test_resnet_flags_build_the_hybrid():
     s, _ = settings.resolve_settings(HYBRID)
     c = train.model_config(s, 10)
     assert c.resnet == sv.ResNetConfig((1,), 0.5) and (c.feature_size, c.grid_size) == (4, 4)
-    s, _ = settings.resolve_settings(["--model", "R50+ViT-B_16", "--resnet", "root", "--image-size", "64"])
+    vit = ["--config", "fashion-mnist-vit"]  # a preset without a ResNet (the default preset is a hybrid)
+    s, _ = settings.resolve_settings([*vit, "--model", "R50+ViT-B_16", "--resnet", "root", "--image-size", "64"])
     assert train.model_config(s).resnet == sv.ResNetConfig((), 1)
-    s, _ = settings.resolve_settings(["--model", "R50+ViT-B_16", "--resnet", "none", "--patch-size", "16",
-                                      "--image-size", "64"])  # flags sit on the default preset's 28 px
+    s, _ = settings.resolve_settings([*vit, "--model", "R50+ViT-B_16", "--resnet", "none", "--patch-size", "16",
+                                      "--image-size", "64"])  # flags sit on the preset's 28 px
     assert train.model_config(s).resnet is None
     for bad, msg in ((["--resnet", "3,x"], "units per stage"), (["--resnet-width", "2"], "needs a ResNet"),
                      (["--resnet", "root", "--resnet-width", "0.3"], "multiple of 32")):
-        s, _ = settings.resolve_settings(["--model", "ViT-Ti_16", *bad])
+        s, _ = settings.resolve_settings([*vit, "--model", "ViT-Ti_16", *bad])
         with pytest.raises(ValueError, match=msg):
             train.model_config(s)
 
@@ -138,12 +140,16 @@ def test_fp16_trains_a_hybrid_close_to_fp32(rng):
     assert losses["fp32"][-1] < losses["fp32"][0]
 
 
-def test_the_fashion_mnist_hybrid_preset():
-    """The root turns 28 px into a 7x7 map; patch 1: 49 tokens; the rest of the recipe is fashion-mnist's."""
-    s, _ = settings.resolve_settings(["--config", "fashion-mnist-hybrid"])
+def test_the_quickstart_preset_is_the_hybrid():
+    """fashion-mnist (the Quickstart, the preset without --config): the root turns 28 px into a 7x7 map, patch 1:
+    49 tokens; 10 minutes of training; the rest of the recipe is the plain ViT preset's (fashion-mnist-vit)."""
+    s, _ = settings.resolve_settings([])
+    assert s == settings.resolve_settings(["--config", "fashion-mnist"])[0]
     c = train.model_config(s, num_classes=10)
     assert c.resnet == sv.ResNetConfig((), 0.5) and (c.feature_size, c.patch_size, c.seq_len) == (7, 1, 49)
-    base, _ = settings.resolve_settings(["--config", "fashion-mnist"])
-    same = ("optimizer", "lr", "weight_decay", "schedule", "batch_size", "epochs", "warmup_steps", "grad_clip",
+    assert (s.time_limit, s.epochs) == (10, None)
+    base, _ = settings.resolve_settings(["--config", "fashion-mnist-vit"])
+    assert train.model_config(base, num_classes=10).resnet is None and (base.time_limit, base.epochs) == (None, 12)
+    same = ("optimizer", "lr", "weight_decay", "schedule", "batch_size", "warmup_steps", "grad_clip",
             "label_smoothing", "augment", "dataset", "image_size", "classifier")
     assert all(getattr(s, k) == getattr(base, k) for k in same)

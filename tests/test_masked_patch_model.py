@@ -96,7 +96,8 @@ def test_checkpoints_keep_it_and_fine_tuning_drops_it(rng, tmp_path):
         checkpoint.infer_config(bad)
 
 
-FAST = ["--dataset", "fashion-mnist", "--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "4",
+FAST = ["--config", "fashion-mnist-vit",
+        "--dataset", "fashion-mnist", "--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "4",
         "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "16",
         "--augment", "none", "--eval-batch-size", "64", "--no-progress", "--workers", "1", "--eval-every", "5",
         "--warmup-steps", "2", "--optimizer", "adamw", "--lr", "0.01"]

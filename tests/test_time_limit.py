@@ -8,7 +8,8 @@ from test_train import fmnist_dir, interrupt_on_call, metrics  # noqa: F401  (fm
 import scratchvit as sv
 from scratchvit import accumulate, evaluate, settings, train
 
-FAST = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers",
+FAST = ["--config", "fashion-mnist-vit",
+        "--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers",
         "1", "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "16", "--augment", "none", "--eval-batch-size",
         "64", "--no-progress", "--workers", "1", "--eval-every", "40", "--warmup-steps", "12"]
 

@@ -10,7 +10,8 @@ import scratchvit as sv
 from scratchvit import accumulate, evaluate, optim, settings, train
 from scratchvit.data.idx import IDX_FILES
 
-TINY = ["--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
+TINY = ["--config", "fashion-mnist-vit",
+        "--model", "ViT-Ti_16", "--image-size", "16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
         "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "16", "--warmup-steps", "2", "--augment", "none",
         "--eval-every", "4", "--eval-batch-size", "64", "--no-progress", "--workers", "1"]
 
@@ -92,9 +93,20 @@ def test_train_end_to_end(fmnist_dir, tmp_path, capsys):
     assert cfg["settings"]["optimizer"] == "adamw" and cfg["total_steps"] == 24
     model = sv.ViT.from_checkpoint(out / "best.npz")
     assert model.config.num_classes == 10 and model.config.image_size == 16
-    text = capsys.readouterr().out
-    assert "test accuracy" in text
-    assert text.splitlines()[0].startswith("no --config given: running the fashion-mnist preset")  # no --config
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_no_config_runs_the_quickstart_preset_and_says_so_first(fmnist_dir, tmp_path, capsys):
+    """Without --config, train runs the fashion-mnist preset (the Quickstart: a hybrid, --time-limit 10); its first
+    line says so. Here 2 steps of batch 8 (flags on the command line beat the preset's length)."""
+    out = tmp_path / "run"
+    assert train.main(["--data-dir", str(fmnist_dir), "--out", str(out), "--steps", "2", "--batch-size", "8",
+                       "--warmup-steps", "1", "--eval-every", "2", "--eval-batch-size", "50", "--no-progress",
+                       "--workers", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("no --config given: running the fashion-mnist preset, the Quickstart")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["settings"]["resnet"] == "root" and cfg["total_steps"] == 2 and cfg["settings"]["time_limit"] is None
 
 
 def test_resume_is_bit_exact(fmnist_dir, tmp_path, monkeypatch):
@@ -249,7 +261,8 @@ def test_no_config_is_the_fashion_mnist_preset():
     assert s == settings.resolve_settings(["--config", "fashion-mnist"])[0] and not resume
     assert len(notes) == 1 and "fashion-mnist preset" in notes[0] and "cifar10-finetune" in notes[0]
     s, _ = settings.resolve_settings(["--device", "gpu", "--epochs", "2"], note=notes.append)
-    assert (s.device, s.epochs, s.dataset, s.hidden_size) == ("gpu", 2, "fashion-mnist", 128) and len(notes) == 2
+    assert (s.device, s.epochs, s.time_limit, s.dataset, s.hidden_size) == ("gpu", 2, None, "fashion-mnist", 64)
+    assert len(notes) == 2
     settings.resolve_settings(["--config", "cifar10-finetune"], note=notes.append)
     assert len(notes) == 2
     assert settings.TrainSettings().optimizer == "sgd"  # the API's defaults: the base under every preset

@@ -38,7 +38,9 @@ def photo_dir(tmp_path):
 
 def test_train_and_evaluate_on_mixed_size_photos(photo_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--dataset", "imagefolder", "--data-dir", str(photo_dir), "--out", str(out), "--image-size", "16",
+    args = ["--config", "fashion-mnist-vit",
+            "--dataset", "imagefolder", "--data-dir", str(photo_dir), "--out", str(out),
+            "--image-size", "16",
             "--model", "ViT-Ti_16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1", "--num-heads",
             "2", "--mlp-dim", "32", "--batch-size", "8", "--steps", "6", "--warmup-steps", "1", "--eval-every", "3",
             "--eval-batch-size", "8", "--val-fraction", "0.2", "--no-progress", "--workers", "1"]
@@ -55,7 +57,8 @@ def test_train_and_evaluate_on_mixed_size_photos(photo_dir, tmp_path, capsys):
 
 def test_a_bad_file_is_named_or_skipped(photo_dir, tmp_path, capsys):
     (photo_dir / "train" / "dog" / "broken.jpg").write_bytes(b"not an image")
-    args = ["--dataset", "imagefolder", "--data-dir", str(photo_dir), "--out", str(tmp_path / "o"), "--image-size",
+    args = ["--config", "fashion-mnist-vit", "--dataset", "imagefolder", "--data-dir", str(photo_dir),
+            "--out", str(tmp_path / "o"), "--image-size",
             "16", "--model", "ViT-Ti_16", "--patch-size", "8", "--hidden-size", "16", "--num-layers", "1",
             "--num-heads", "2", "--mlp-dim", "32", "--batch-size", "8", "--steps", "2", "--warmup-steps", "1",
             "--val-fraction", "0.05", "--no-progress", "--workers", "1", "--augment", "none"]
