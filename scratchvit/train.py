@@ -213,9 +213,9 @@ def fit_steps(seconds_left: float, step_seconds: float, image_seconds: float, n_
 
 
 def set_steps_by_time(run: Run, step: int, t_start: float, val_x, val_y, n_test: int, say) -> None:
-    """At the calibration's last step: measure the step time and the evaluation time per image (one
-    validation batch), averaged over the MPI ranks, set ``run.total_steps`` so that the run ends at
-    --time-limit, record it in config.json (rank 0) and ``say`` it.
+    """At the calibration's last step: measure the step time, the evaluation time per image (one
+    validation batch) and the time left, each averaged over the MPI ranks, set ``run.total_steps`` so that
+    the run ends at --time-limit, record it in config.json (rank 0) and ``say`` it.
 
     Raises:
         ValueError: the limit leaves no more steps than the warmup (naming both).
@@ -224,9 +224,10 @@ def set_steps_by_time(run: Run, step: int, t_start: float, val_x, val_y, n_test:
     step_seconds = (time.perf_counter() - limit.t_first - limit.eval_seconds) / (step - limit.first_step)
     m = min(len(val_y), s.eval_batch_size)
     image_seconds = evaluate(run.model, val_x[:m], val_y[:m], s.eval_batch_size, workers=s.workers)["seconds"] / m
-    step_seconds, image_seconds = run.dist.allreduce_sum(np.array([step_seconds, image_seconds]),
-                                                         "the time limit's calibration") / run.dist.size
     left = limit.seconds - (time.perf_counter() - t_start)
+    # averaged over the ranks, so that every rank fits the same step count (ranks start a little apart)
+    step_seconds, image_seconds, left = run.dist.allreduce_sum(np.array([step_seconds, image_seconds, left]),
+                                                               "the time limit's calibration") / run.dist.size
     test_images = n_test * (2 if s.tta == "flip" else 1)  # flip averaging: a second forward pass
     total = fit_steps(left, step_seconds, image_seconds, len(val_y), test_images, s.eval_every, step)
     if total <= s.warmup_steps:

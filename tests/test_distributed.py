@@ -135,6 +135,18 @@ def test_a_rank_that_hangs_or_dies_stops_the_others(fmnist_dir, tmp_path, how): 
 
 
 @needs_mpi
+def test_a_time_limited_run_fits_one_step_count_on_every_rank(fmnist_dir, tmp_path):  # noqa: F811
+    """--time-limit under MPI: the ranks' calibrations (and their times left: they start apart) are averaged, so
+    every rank runs the same number of steps and the run ends (a rank with one step more would wait forever)."""
+    out = tmp_path / "o"
+    extra = ("--time-limit", "0.1", "--warmup-steps", "12", "--eval-every", "40", "--mpi-timeout", "30")
+    r = launch(2, data_args(fmnist_dir, out, *extra))
+    assert r.returncode == 0, r.stderr[-2000:]
+    total = json.loads((out / "config.json").read_text())["total_steps"]
+    assert total > 12 and f"-> {total} steps" in r.stdout and r.stdout.count("done: test ") == 1
+
+
+@needs_mpi
 def test_mismatched_settings_across_ranks_are_refused(fmnist_dir, tmp_path):  # noqa: F811
     base = data_args(fmnist_dir, tmp_path / "o", "--steps", "4")
     r = launch(1, [*base, "--lr", "0.1", ":", "-n", "1", sys.executable, "-m", "scratchvit.train", *base,
