@@ -147,10 +147,13 @@ class ViTConfig:
     def __post_init__(self):
         if isinstance(self.masked_patch, dict):
             object.__setattr__(self, "masked_patch", MaskedPatchConfig(**self.masked_patch))
-        if self.masked_patch is not None and (not isinstance(self.masked_patch, MaskedPatchConfig)
-                                              or self.resnet is not None):
+        if self.masked_patch is not None and not isinstance(self.masked_patch, MaskedPatchConfig):
             raise ValueError(f"ViTConfig.masked_patch must be None or a MaskedPatchConfig (or a dict of its fields), "
-                             f"for a plain ViT (no resnet), got {self.masked_patch!r}")
+                             f"got {self.masked_patch!r}")
+        if self.masked_patch is not None and self.resnet is not None:
+            raise ValueError("masked patch prediction (paper Sec. 4.6) needs a plain ViT, and this model is a hybrid "
+                             "(a ResNet before the patch embedding: the targets are the colours of image patches, not "
+                             "of feature-map cells); for training: --config fashion-mnist-vit, or --resnet none")
         if isinstance(self.resnet, dict):
             object.__setattr__(self, "resnet", ResNetConfig(**self.resnet))
         if self.resnet is not None and not isinstance(self.resnet, ResNetConfig):

@@ -33,7 +33,7 @@ def test_parameters_and_their_names(rng):
     plain = sv.params.param_shapes(mpp_config().replace(masked_patch=None))
     assert set(shapes) - set(plain) == {"mask_embedding", "masked_patch_head/kernel", "masked_patch_head/bias"}
     assert all(sv.params.is_official_name(k) for k in shapes)
-    with pytest.raises(ValueError, match="for a plain ViT"):
+    with pytest.raises(ValueError, match="needs a plain ViT, and this model is a hybrid"):
         sv.get_config("R+ViT-Ti_16", masked_patch=dict(channels=3))
 
 
