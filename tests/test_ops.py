@@ -219,6 +219,12 @@ CASES = {
 }
 
 
+# Cases of ops written in the plain form only (the public function calls it on NumPy too): nothing to compare
+# between forms on NumPy (tests/test_ops_forms.py), everything else as for any op.
+ONE_FORM = {case for case in CASES
+            if case.startswith(("dense", "pre_logits", "tanh", "dropout", "drop_path", "weight_standardize"))}
+
+
 def run_case(case, form, rng, dtype=np.float64):
     """Inputs of ``case`` (cast to ``dtype``), its forward output, a random upstream gradient R (the output's
     shape) and the backward's gradients, all as host NumPy arrays; the op runs in ``form``."""

@@ -1,11 +1,14 @@
 """The hand-written operations of the ViT, one file each, every one a ``*_forward`` / ``*_backward`` pair.
 
 A forward returns its output and a cache; the matching backward takes the upstream gradient and
-that cache and returns the gradients. Every op has two forms in its file: the plain form
-(``*_forward_plain`` / ``*_backward_plain``), written on the Python array API standard 2023.12,
-which runs on CuPy, any array-API namespace and float16; and a NumPy fast form, which the public
-functions take for float32/float64 NumPy arrays (dropout and drop path have the plain form only: see
-their files). A forward's cache is for the backward of the same form.
+that cache and returns the gradients. Every op has its plain form (``*_forward_plain`` /
+``*_backward_plain``), written on the Python array API standard 2023.12, which runs on CuPy, any
+array-API namespace and float16. Where it pays (at least 5% of the op's time on the CPU, measured with
+``bench/op_profile.py --compare-forms``), a NumPy fast form beside it, which the public functions take
+for float32/float64 NumPy arrays (:func:`~scratchvit.ops.common.fast_form`); dense, tanh, dropout, drop
+path and weight standardisation have the plain form only (their files say why). Each file holds, in
+this order: the equations (its docstring), the plain form, the NumPy fast form, the public pair. A
+forward's cache is for the backward of the same form. What they share: :mod:`scratchvit.ops.common`.
 """
 from ..rng import RngKey, keep_mask
 from .attention import (

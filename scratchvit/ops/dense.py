@@ -3,16 +3,16 @@
 Official convention (Flax ``nn.Dense``): kernel of shape (in, out). Every product is a 2-D
 matrix product on the (rows, in) view of the input, whatever its leading axes.
 
-Two forms, as every op in :mod:`scratchvit.ops`:
-
-* the plain form (:func:`dense_forward_plain`, :func:`dense_backward_plain`), written on the
-  Python array API standard 2023.12: what CuPy, array-api-strict and float16 NumPy arrays run;
-* the NumPy fast form (BLAS gemv for the bias gradient), taken for float32/float64 NumPy arrays.
+One form: the plain form (:func:`dense_forward_plain`, :func:`dense_backward_plain`), written on the
+Python array API standard 2023.12, runs on every namespace, NumPy included. The products are BLAS
+either way; a NumPy fast form (the bias added in place, the bias gradient as a BLAS gemv) saved 2-5% of
+the op's time on the suite's geometries and the Quickstart's (``bench/op_profile.py --compare-forms``:
+bench/RESULTS.md, "The two forms of each op"), under the 5% that keeps a second form, so it was removed.
 """
 from __future__ import annotations
 
 from ..backend import namespace
-from .common import fast_form, matmul, sum_rows, sum_rows_plain
+from .common import matmul, sum_rows_plain
 
 
 def dense_forward_plain(x, kernel, bias):
@@ -37,23 +37,6 @@ def dense_backward_plain(dy, cache, need_dx=True):
     return dx, dkernel, dbias
 
 
-def _dense_forward_numpy(x, kernel, bias):
-    x2d = x.reshape(-1, x.shape[-1])
-    y = x2d @ kernel
-    if bias is not None:
-        y += bias
-    return y.reshape(*x.shape[:-1], kernel.shape[1]), (x2d, kernel, x.shape)
-
-
-def _dense_backward_numpy(dy, cache, need_dx=True):
-    x2d, kernel, xshape = cache
-    dy2d = dy.reshape(-1, dy.shape[-1])
-    dkernel = x2d.T @ dy2d
-    dbias = sum_rows(dy2d)
-    dx = (dy2d @ kernel.T).reshape(xshape) if need_dx else None
-    return dx, dkernel, dbias
-
-
 def dense_forward(x, kernel, bias):
     """y = x @ kernel + bias over the last axis (Flax ``nn.Dense``; vit_jax ``MlpBlock``, ``pre_logits``, ``head``).
 
@@ -69,9 +52,6 @@ def dense_forward(x, kernel, bias):
         TypeError: arrays of different libraries (e.g. a NumPy array among device arrays);
         ValueError: (array-api-strict) arrays on different devices.
     """
-    xp = namespace(x, kernel, bias)
-    if fast_form(xp, x, kernel, bias):
-        return _dense_forward_numpy(x, kernel, bias)
     return dense_forward_plain(x, kernel, bias)
 
 
@@ -91,7 +71,4 @@ def dense_backward(dy, cache, need_dx=True):
     Raises:
         TypeError / ValueError: ``dy`` of another library / device than the cache.
     """
-    x2d, kernel, _ = cache
-    if fast_form(namespace(dy, x2d, kernel), dy, x2d, kernel):
-        return _dense_backward_numpy(dy, cache, need_dx)
     return dense_backward_plain(dy, cache, need_dx)

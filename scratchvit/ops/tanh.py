@@ -3,15 +3,13 @@
 
     y = tanh(x),   dx = dy (1 - y^2)
 
-Plain form (:func:`tanh_forward_plain`, array API 2023.12: CuPy, any namespace, float16) and NumPy
-fast form (float32/float64 NumPy, computed in place where it can).
+One form: the plain array-API one (:func:`tanh_forward_plain`, array API 2023.12) runs on every namespace,
+NumPy included. A NumPy fast form (in place) saved nothing measurable on the pre-logits' (B, D) arrays
+(``bench/op_profile.py --compare-forms``: bench/RESULTS.md, "The two forms of each op"), so it was removed.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..backend import namespace
-from .common import fast_form
 
 
 def tanh_forward_plain(x):
@@ -25,26 +23,12 @@ def tanh_backward_plain(dy, y):
     return dy * (1.0 - y * y)
 
 
-def _tanh_forward_numpy(x):
-    y = np.tanh(x)
-    return y, y
-
-
-def _tanh_backward_numpy(dy, y):
-    dx = np.multiply(y, y)
-    np.subtract(1.0, dx, out=dx)
-    dx *= dy
-    return dx
-
-
 def tanh_forward(x):
     """y = tanh(x), any shape, float16/float32/float64. The cache is y itself (d tanh / dx = 1 - y^2).
 
     Raises:
         TypeError: ``x`` is not an array of a known array-API library.
     """
-    if fast_form(namespace(x), x):
-        return _tanh_forward_numpy(x)
     return tanh_forward_plain(x)
 
 
@@ -54,6 +38,4 @@ def tanh_backward(dy, y):
     Raises:
         TypeError / ValueError: ``dy`` of another library / device than ``y``.
     """
-    if fast_form(namespace(dy, y), dy, y):
-        return _tanh_backward_numpy(dy, y)
     return tanh_backward_plain(dy, y)
