@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                    help="a name from scratchvit.configs.MODELS at its own size, 1000 classes, instead (repeatable; "
                    "e.g. R50+ViT-B_16, a hybrid)")
     p.add_argument("--preset", action="append",
-                   help="the model of a training preset (scratchvit/presets; repeatable; e.g. fashion-mnist-hybrid)")
+                   help="the model of a training preset (scratchvit/presets; repeatable; e.g. fashion-mnist)")
     p.add_argument("--batch", type=int, default=8, help="images per batch with --model or --preset (default 8)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--plain", action="store_true", help="every op in its plain (array API) form, NumPy too")

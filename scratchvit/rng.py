@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from .backend import device_of, namespace
+
 MASK32 = 0xFFFFFFFF
 KEEP_BITS = 24  # an entry is kept when its top KEEP_BITS hash bits are >= round(rate * 2**KEEP_BITS)
 # Site ids of the model's random draws (:func:`site`): the embedding dropout, then SITES_PER_BLOCK per block.
@@ -136,3 +138,16 @@ def keep_mask(xp, key: RngKey, site_id: int, shape, rate: float, dtype, device=N
     threshold = round(rate * 2 ** KEEP_BITS)
     keep = (random_bits(xp, key, site_id, shape, device) >> (32 - KEEP_BITS)) >= threshold
     return xp.astype(keep, dtype) * (1.0 / (1.0 - rate))
+
+
+def drop_mask(x, key: RngKey | None, site_id: int, shape, rate: float):
+    """The :func:`keep_mask` of shape ``shape`` for the array ``x`` (its namespace, dtype and device), or None
+    where nothing drops: ``rate`` 0, or no ``key`` (evaluation). The rule every dropping op follows
+    (dropout, drop path, attention dropout).
+
+    Raises:
+        ValueError: ``rate`` outside [0, 1).
+    """
+    if check_rate(rate) == 0.0 or key is None:
+        return None
+    return keep_mask(namespace(x), key, site_id, shape, rate, x.dtype, device_of(x))

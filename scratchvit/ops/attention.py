@@ -30,10 +30,10 @@ import math
 import numpy as np
 
 from .. import cpu
-from ..backend import device_of, namespace
+from ..backend import namespace
 from ..cpu import blockwise, single_threaded_blas
 from ..params import ATTN_PROJ
-from ..rng import RngKey, check_rate, keep_mask
+from ..rng import RngKey, drop_mask
 from .common import fast_form, matmul, sum_rows, sum_rows_plain, wide_dtype
 
 # exp(x) is finite and normal in float32 for |x| <= 64 (e^64 ~ 6.2e27, e^-64 ~ 1.6e-28): a row of entries in
@@ -123,12 +123,8 @@ def softmax_backward(dp, p):
 def _dropout_multiplier(x, heads: int, rate: float, key: RngKey | None, site_id: int):
     """The attention-dropout multiplier M of ``x`` (B, N, D)'s weights: (B, heads, N, N), x's dtype, namespace
     and device, 0 where dropped and 1 / (1 - rate) where kept, drawn from (``key``, ``site_id``) by
-    :func:`scratchvit.rng.keep_mask` as every mask of the model; None when nothing drops (rate 0, no key)."""
-    rate = check_rate(rate)
-    if rate == 0.0 or key is None:
-        return None
-    B, N = x.shape[0], x.shape[1]
-    return keep_mask(namespace(x), key, site_id, (B, heads, N, N), rate, x.dtype, device_of(x))
+    :func:`scratchvit.rng.drop_mask` as every mask of the model; None when nothing drops (rate 0, no key)."""
+    return drop_mask(x, key, site_id, (x.shape[0], heads, x.shape[1], x.shape[1]), rate)
 
 
 def attention_forward_plain(x, p, rate: float = 0.0, key: RngKey | None = None, site_id: int = 0):

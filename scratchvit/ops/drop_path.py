@@ -16,18 +16,16 @@ a NumPy-only form would gain nothing).
 """
 from __future__ import annotations
 
-from ..backend import device_of, namespace
-from ..rng import RngKey, check_rate, keep_mask
+from ..backend import namespace
+from ..rng import RngKey, drop_mask
 
 
 def drop_path_forward_plain(x, rate: float, key: RngKey | None, site_id: int):
     """Plain form (array API) of :func:`drop_path_forward`, the only form (see the module docstring)."""
-    rate = check_rate(rate)
-    if rate == 0.0 or key is None:
+    mask = drop_mask(x, key, site_id, (x.shape[0], 1), rate)
+    if mask is None:
         return x, None
-    xp = namespace(x)
-    mask = keep_mask(xp, key, site_id, (x.shape[0], 1), rate, x.dtype, device_of(x))
-    mask = xp.reshape(mask, (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = namespace(x).reshape(mask, (x.shape[0],) + (1,) * (x.ndim - 1))
     return x * mask, mask
 
 

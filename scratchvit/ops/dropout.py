@@ -17,18 +17,13 @@ written: :func:`dropout_forward` is :func:`dropout_forward_plain`.
 """
 from __future__ import annotations
 
-from ..backend import device_of, namespace
-from ..rng import RngKey, check_rate, keep_mask
+from ..rng import RngKey, drop_mask
 
 
 def dropout_forward_plain(x, rate: float, key: RngKey | None, site_id: int):
     """Plain form (array API) of :func:`dropout_forward`, the only form (see the module docstring)."""
-    rate = check_rate(rate)
-    if rate == 0.0 or key is None:
-        return x, None
-    xp = namespace(x)
-    mask = keep_mask(xp, key, site_id, tuple(x.shape), rate, x.dtype, device_of(x))
-    return x * mask, mask
+    mask = drop_mask(x, key, site_id, tuple(x.shape), rate)
+    return (x, None) if mask is None else (x * mask, mask)
 
 
 def dropout_backward_plain(dy, cache):
