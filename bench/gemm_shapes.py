@@ -81,8 +81,10 @@ def main(argv=None) -> int:
             print(f"  {label:26s} {'x'.join(map(str, shape)):>18s}  NumPy {row['numpy_gflops']:6.1f} GFLOP/s  "
                   f"PyTorch {row['torch_gflops']:6.1f} GFLOP/s  ratio {row['ratio_numpy_over_torch']:.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "argv": sys.argv, "results": results}, f, indent=1)
+        from scratchvit.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps({"threads": args.threads, "argv": sys.argv, "results": results},
+                                                indent=1))
     return 0
 
 
