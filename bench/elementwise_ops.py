@@ -26,7 +26,6 @@ the training step, ``loss_and_grads`` runs each on one shard of the batch per th
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script (python bench/elementwise_ops.py): the repository root on sys.path,
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that `bench` imports as a package
 
-from bench.harness import SUITE_GEOMETRIES, geometry_config, set_thread_env  # noqa: E402
+from bench.harness import SUITE_GEOMETRIES, geometry_config, set_thread_env, write_json  # noqa: E402
 from bench.probes import best_seconds  # noqa: E402
 
 
@@ -136,10 +135,7 @@ def main(argv=None) -> int:
             print(f"  {op:11s} {'x'.join(map(str, shape)):>12s}  scratchvit {row['scratchvit_us']:8.1f} us  "
                   f"PyTorch {row['torch_us']:8.1f} us  ratio {row['ratio_torch_over_scratchvit']:.2f}")
     if args.json:
-        from scratchvit.files import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps({"threads": args.threads, "argv": sys.argv, "results": results},
-                                                indent=1))
+        write_json(args.json, {"threads": args.threads, "argv": sys.argv, "results": results})
     return 0
 
 

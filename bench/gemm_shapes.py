@@ -16,7 +16,6 @@ library (best of --repeats calls) and the ratio NumPy / PyTorch (above 1: NumPy'
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script (python bench/gemm_shapes.py): the repository root on sys.path,
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that `bench` imports as a package
 
-from bench.harness import SUITE_GEOMETRIES, geometry_config, set_thread_env  # noqa: E402
+from bench.harness import SUITE_GEOMETRIES, geometry_config, set_thread_env, write_json  # noqa: E402
 from bench.probes import best_seconds  # noqa: E402
 
 
@@ -81,10 +80,7 @@ def main(argv=None) -> int:
             print(f"  {label:26s} {'x'.join(map(str, shape)):>18s}  NumPy {row['numpy_gflops']:6.1f} GFLOP/s  "
                   f"PyTorch {row['torch_gflops']:6.1f} GFLOP/s  ratio {row['ratio_numpy_over_torch']:.2f}")
     if args.json:
-        from scratchvit.files import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps({"threads": args.threads, "argv": sys.argv, "results": results},
-                                                indent=1))
+        write_json(args.json, {"threads": args.threads, "argv": sys.argv, "results": results})
     return 0
 
 

@@ -25,7 +25,6 @@ tolerance, 2 if the device cannot run the model at all.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -182,8 +181,9 @@ def main(argv=None) -> int:
     print("parity: " + ("all within tolerance" if status == 0 else
                         "FAILED (quantities over tolerance above)" if status == 1 else "the device could not run"))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, default=float) + "\n")
+        from bench.harness import write_json
+
+        write_json(args.json, result)
     return status
 
 

@@ -51,6 +51,20 @@ def set_thread_env(threads: int | None) -> None:
         os.environ[k] = str(threads)
 
 
+def write_json(path, data) -> None:
+    """Write ``data`` as JSON (indented; NumPy scalars as floats) to ``path`` atomically, its folder created.
+
+    The results files of every script: a run stopped half-way leaves the previous file whole, never a torn one.
+    """
+    import json
+
+    from scratchvit.files import write_text_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
+
+
 # The benchmark suite's three geometries (ViT-Ti/16 at 224 px and two small ViTs on 28 px images, one of them
 # the fashion-mnist preset's), one table for train_step.py --suite small-vits, ab.py, gemm_shapes.py,
 # elementwise_ops.py and op_profile.py:

@@ -21,7 +21,6 @@ gradients agree (max |diff| relative to the largest value). The process first ap
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script (python bench/hybrid_ops.py): the repository root on sys.path,
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so that `bench` imports as a package
 
-from bench.harness import set_thread_env  # noqa: E402
+from bench.harness import set_thread_env, write_json  # noqa: E402
 from bench.probes import best_seconds  # noqa: E402
 
 # name -> (H = W of the input, C in, kernel, C out, stride) at 224 px; the layers of R50+ViT-B_16
@@ -162,10 +161,7 @@ def main(argv=None) -> int:
               f"PyTorch {row['torch_ms']:8.1f} ms  ratio {row['ratio_torch_over_scratchvit']:.2f}  "
               f"(agree {agree:.1e})")
     if args.json:
-        from scratchvit.files import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps({"threads": args.threads, "batch": B, "argv": sys.argv,
-                                                 "results": rows}, indent=1))
+        write_json(args.json, {"threads": args.threads, "batch": B, "argv": sys.argv, "results": rows})
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -179,7 +178,7 @@ def main(argv=None) -> dict:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath = out_dir / f"scaling_{_dt.date.today().isoformat()}.json"
-    jpath.write_text(json.dumps(res, indent=2, default=float))
+    h.write_json(jpath, res)
     print(f"wrote {jpath} ({res['wall_s']:.0f} s)")
     if not args.no_plot:
         try:
